@@ -1,0 +1,1 @@
+"""ansible-runner-service: run Ansible playbooks on demand over a REST API."""

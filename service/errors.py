@@ -1,0 +1,49 @@
+"""The one error hierarchy. The API renders each as ``{"error": <kind>, "detail": <for a person>}``."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """A failure with a meaning for the caller. ``status_code`` is the HTTP status it maps to."""
+
+    status_code = 500
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+
+class ConfigurationError(ServiceError):
+    """The service is configured in a way it cannot run with."""
+
+
+class InvalidRequest(ServiceError):
+    status_code = 422
+
+
+class NotFound(ServiceError):
+    status_code = 404
+
+
+class Conflict(ServiceError):
+    status_code = 409
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+
+
+class Unavailable(ServiceError):
+    status_code = 503

@@ -1,0 +1,171 @@
+"""Every query on `job` and `job_event`. State changes are conditional UPDATEs, so races have one winner."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from service.models import Job, JobEvent, JobStatus, utcnow
+
+
+@dataclass(frozen=True)
+class JobFilters:
+    statuses: Sequence[str] = ()
+    playbook: str | None = None
+    labels: Sequence[tuple[str, str]] = ()
+    created_after: datetime | None = None
+
+
+def _rowcount(result: sa.Result[Any]) -> int:
+    return cast(CursorResult[Any], result).rowcount
+
+
+class JobRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, job: Job) -> None:
+        self.session.add(job)
+        await self.session.flush()
+
+    async def get(self, job_id: str) -> Job | None:
+        return await self.session.get(Job, job_id, populate_existing=True)
+
+    async def get_by_idempotency_key(self, key: str) -> Job | None:
+        result = await self.session.execute(sa.select(Job).where(col(Job.idempotency_key) == key))
+        return result.scalar_one_or_none()
+
+    async def list(
+        self, filters: JobFilters, *, limit: int, before: tuple[datetime, str] | None
+    ) -> Sequence[Job]:
+        """Newest first; `before` is the (created_at, id) of the last job of the previous page."""
+        query = sa.select(Job)
+        if filters.statuses:
+            query = query.where(col(Job.status).in_(filters.statuses))
+        if filters.playbook:
+            query = query.where(col(Job.playbook) == filters.playbook)
+        for key, value in filters.labels:
+            query = query.where(sa.type_coerce(Job.labels, sa.JSON)[key].as_string() == value)
+        if filters.created_after:
+            query = query.where(col(Job.created_at) > filters.created_after)
+        if before:
+            created_at, job_id = before
+            query = query.where(
+                sa.or_(
+                    col(Job.created_at) < created_at,
+                    sa.and_(col(Job.created_at) == created_at, col(Job.id) < job_id),
+                )
+            )
+        query = query.order_by(col(Job.created_at).desc(), col(Job.id).desc()).limit(limit)
+        return (await self.session.execute(query)).scalars().all()
+
+    async def cancel_queued(self, job_id: str) -> bool:
+        """queued → canceled, if it is still queued (a worker claiming it at the same time wins or loses)."""
+        result = await self.session.execute(
+            sa.update(Job)
+            .where(col(Job.id) == job_id, col(Job.status) == JobStatus.queued)
+            .values(
+                status=JobStatus.canceled,
+                cancel_requested=True,
+                finished_at=utcnow(),
+                reason="canceled before it started",
+            )
+        )
+        return _rowcount(result) == 1
+
+    async def request_cancel(self, job_id: str) -> bool:
+        result = await self.session.execute(
+            sa.update(Job)
+            .where(col(Job.id) == job_id, col(Job.status) == JobStatus.running)
+            .values(cancel_requested=True)
+        )
+        return _rowcount(result) == 1
+
+    async def claim(self, job_id: str, worker_id: str) -> bool:
+        result = await self.session.execute(
+            sa.update(Job)
+            .where(col(Job.id) == job_id, col(Job.status) == JobStatus.queued)
+            .values(status=JobStatus.running, started_at=utcnow(), worker_id=worker_id)
+        )
+        return _rowcount(result) == 1
+
+    async def finish(
+        self,
+        job_id: str,
+        *,
+        status: JobStatus,
+        rc: int | None,
+        reason: str | None,
+        host_stats: dict[str, dict[str, int]] | None,
+        event_count: int,
+    ) -> bool:
+        """running → a final status, with everything that describes the end, in one statement."""
+        result = await self.session.execute(
+            sa.update(Job)
+            .where(col(Job.id) == job_id, col(Job.status) == JobStatus.running)
+            .values(
+                status=status,
+                rc=rc,
+                reason=reason,
+                host_stats=host_stats,
+                event_count=event_count,
+                finished_at=utcnow(),
+            )
+        )
+        return _rowcount(result) == 1
+
+    async def is_cancel_requested(self, job_id: str) -> bool:
+        result = await self.session.execute(sa.select(Job.cancel_requested).where(col(Job.id) == job_id))
+        return bool(result.scalar_one_or_none())
+
+    async def queued(self, *, created_before: datetime, limit: int) -> Sequence[Job]:
+        query = (
+            sa.select(Job)
+            .where(col(Job.status) == JobStatus.queued, col(Job.created_at) < created_before)
+            .order_by(col(Job.created_at))
+            .limit(limit)
+        )
+        return (await self.session.execute(query)).scalars().all()
+
+
+class EventRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add_batch(self, job_id: str, rows: Sequence[dict[str, Any]], event_count: int) -> None:
+        """Insert a batch of events in one statement and move the job's live event count."""
+        await self.session.execute(sa.insert(JobEvent), list(rows))
+        await self.session.execute(
+            sa.update(Job).where(col(Job.id) == job_id).values(event_count=event_count)
+        )
+
+    async def max_seq(self, job_id: str) -> int:
+        result = await self.session.execute(
+            sa.select(sa.func.max(JobEvent.seq)).where(col(JobEvent.job_id) == job_id)
+        )
+        return int(result.scalar_one_or_none() or 0)
+
+    async def after(self, job_id: str, after: int, limit: int) -> Sequence[JobEvent]:
+        query = (
+            sa.select(JobEvent)
+            .where(col(JobEvent.job_id) == job_id, col(JobEvent.seq) > after)
+            .order_by(col(JobEvent.seq))
+            .limit(limit)
+        )
+        return (await self.session.execute(query)).scalars().all()
+
+    async def stdout_after(self, job_id: str, after: int, limit: int) -> Sequence[tuple[int, str]]:
+        query = (
+            sa.select(JobEvent.seq, JobEvent.stdout)
+            .where(col(JobEvent.job_id) == job_id, col(JobEvent.seq) > after)
+            .order_by(col(JobEvent.seq))
+            .limit(limit)
+        )
+        return [(seq, stdout) for seq, stdout in (await self.session.execute(query)).all()]

@@ -1,0 +1,212 @@
+"""Request and response shapes of the jobs API. Unknown fields are refused and types are strict."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from service.models import Job, JobEvent
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+def _no_option(value: str, what: str) -> str:
+    """Values that reach ansible-playbook's command line can never be read as an option."""
+    if value.startswith("-"):
+        raise ValueError(f"{what} must not start with '-'")
+    if _CONTROL.search(value):
+        raise ValueError(f"{what} must not contain control characters")
+    return value
+
+
+class BundledSource(BaseModel):
+    """A playbook shipped with the service, under `PLAYBOOKS_DIR`."""
+
+    model_config = _STRICT
+    type: Literal["bundled"] = "bundled"
+
+
+class GitSource(BaseModel):
+    """A playbook from a Git repository on a configured provider."""
+
+    model_config = _STRICT
+    type: Literal["git"]
+    repo: Annotated[str, StringConstraints(min_length=1, max_length=2048)] = Field(
+        description="https URL of the repository, on a host listed in GIT_PROVIDERS"
+    )
+    ref: Annotated[str, StringConstraints(min_length=1, max_length=255)] = Field(
+        default="main", description="branch, tag or commit sha"
+    )
+
+    @field_validator("ref")
+    @classmethod
+    def _ref_not_option(cls, value: str) -> str:
+        return _no_option(value, "ref")
+
+
+Source = Annotated[BundledSource | GitSource, Field(discriminator="type")]
+
+
+class JobRequest(BaseModel):
+    """What to run. Paths are relative to the source root and never leave it."""
+
+    model_config = _STRICT
+
+    playbook: Annotated[str, StringConstraints(min_length=1, max_length=512)] = Field(
+        description="playbook path relative to the source root, e.g. `ping.yml`"
+    )
+    source: Source = Field(default_factory=BundledSource, description="where the playbook comes from")
+    inventory: (
+        Annotated[str, StringConstraints(min_length=1, max_length=512)] | dict[str, Any] | None
+    ) = Field(
+        default=None,
+        description="an inventory path inside the source, or an inline inventory in Ansible's YAML "
+        "inventory structure (`{\"all\": {\"hosts\": {...}}}`); none: Ansible's implicit localhost",
+    )
+    extra_vars: dict[str, Any] = Field(
+        default_factory=dict, description="variables passed as data (never templated)"
+    )
+    limit: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = Field(
+        default=None, description="host pattern, as ansible-playbook --limit"
+    )
+    tags: Annotated[list[Name], Field(max_length=100)] = Field(default_factory=list)
+    skip_tags: Annotated[list[Name], Field(max_length=100)] = Field(default_factory=list)
+    check: bool = Field(default=False, description="run in check mode: change nothing")
+    diff: bool = Field(default=False, description="show diffs of changed files and templates")
+    verbosity: int = Field(default=0, ge=0, le=4, description="0 to 4, as -v to -vvvv")
+    forks: int | None = Field(default=None, ge=1, le=500)
+    timeout: int | None = Field(
+        default=None, ge=1, description="wall-clock limit of the Ansible run in seconds (queue time not counted)"
+    )
+    priority: Literal["high", "default", "low"] = Field(
+        default="default", description="waiting runs start high first, then default, then low"
+    )
+    labels: dict[str, Annotated[str, StringConstraints(max_length=256)]] = Field(
+        default_factory=dict, description="free key/value labels, filterable with `GET /jobs?label=k=v`"
+    )
+
+    @field_validator("limit")
+    @classmethod
+    def _limit_not_option(cls, value: str | None) -> str | None:
+        return None if value is None else _no_option(value, "limit")
+
+    @field_validator("tags", "skip_tags")
+    @classmethod
+    def _tags_not_options(cls, values: list[str]) -> list[str]:
+        for value in values:
+            _no_option(value, "a tag")
+            if "," in value:
+                raise ValueError("a tag must not contain ','")
+        return values
+
+    @field_validator("labels")
+    @classmethod
+    def _label_keys(cls, labels: dict[str, str]) -> dict[str, str]:
+        if len(labels) > 32:
+            raise ValueError("at most 32 labels")
+        for key, value in labels.items():
+            if not LABEL_KEY.match(key):
+                raise ValueError(f"label key {key!r} must match {LABEL_KEY.pattern}")
+            if _CONTROL.search(value):
+                raise ValueError(f"label {key!r} must not contain control characters")
+        return labels
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.replace(tzinfo=UTC)
+
+
+class HostStats(BaseModel):
+    ok: int = 0
+    changed: int = 0
+    failures: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+    rescued: int = 0
+    ignored: int = 0
+
+
+class JobOut(BaseModel):
+    id: str
+    status: str
+    playbook: str
+    source: dict[str, Any]
+    inventory: str | dict[str, Any] | None
+    extra_vars: dict[str, Any]
+    limit: str | None
+    tags: list[str]
+    skip_tags: list[str]
+    check: bool
+    diff: bool
+    verbosity: int
+    forks: int | None
+    timeout: int | None
+    priority: str
+    labels: dict[str, str]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    rc: int | None
+    reason: str | None
+    host_stats: dict[str, HostStats] | None
+    event_count: int
+    cancel_requested: bool
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        data = job.model_dump()
+        data.update(
+            created_at=_utc(job.created_at),
+            started_at=_utc(job.started_at),
+            finished_at=_utc(job.finished_at),
+        )
+        return cls.model_validate(data)
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(description="pass as `cursor` to get the next page; null on the last")
+
+
+class EventOut(BaseModel):
+    seq: int
+    event: str
+    host: str | None
+    task: str | None
+    play: str | None
+    stdout: str
+    created: datetime
+    data: dict[str, Any]
+
+    @classmethod
+    def of(cls, row: JobEvent) -> EventOut:
+        return cls(
+            seq=row.seq,
+            event=row.event,
+            host=row.host,
+            task=row.task,
+            play=row.play,
+            stdout=row.stdout,
+            created=row.created.replace(tzinfo=UTC),
+            data=row.data,
+        )
+
+
+class EventPage(BaseModel):
+    items: list[EventOut]
+
+
+class PlaybookOut(BaseModel):
+    path: str
+    name: str | None = Field(description="name of the first play")
+
+
+class PlaybookList(BaseModel):
+    items: list[PlaybookOut]

@@ -1,0 +1,173 @@
+"""The rules of jobs, without HTTP: submit, cancel, read."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import structlog
+from redis.exceptions import RedisError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.config import Settings
+from service.errors import Conflict, InvalidRequest, NotFound
+from service.jobs.repository import EventRepository, JobFilters, JobRepository
+from service.jobs.schemas import GitSource, JobRequest
+from service.models import Job, JobEvent, JobStatus, utcnow
+from service.queue import JobQueue
+from service.sources.paths import resolve_inside, resolve_playbook
+
+log = structlog.get_logger(__name__)
+
+
+def _validate_source(request: JobRequest, settings: Settings) -> None:
+    if isinstance(request.source, GitSource):
+        # Git sources are refused until a provider allows the host (GIT_PROVIDERS).
+        raise InvalidRequest(f"source.repo: {request.source.repo!r} is not on a configured Git provider")
+    root = settings.playbooks_dir
+    resolve_playbook(root, request.playbook)
+    if isinstance(request.inventory, str):
+        resolve_inside(root, request.inventory, "inventory")
+
+
+def _validate_limits(request: JobRequest, settings: Settings) -> None:
+    if request.timeout is not None and request.timeout > settings.max_run_timeout:
+        raise InvalidRequest(f"timeout: at most {settings.max_run_timeout} seconds")
+    if isinstance(request.inventory, dict):
+        for group, body in request.inventory.items():
+            if not isinstance(body, dict | None):
+                raise InvalidRequest(f"inventory.{group}: a group must be an object")
+
+
+async def submit(
+    session: AsyncSession,
+    queue: JobQueue,
+    settings: Settings,
+    request: JobRequest,
+    idempotency_key: str | None,
+) -> tuple[Job, bool]:
+    """Store and queue a run. Returns (job, created); created is False for a repeated Idempotency-Key."""
+    repository = JobRepository(session)
+    if idempotency_key is not None:
+        existing = await repository.get_by_idempotency_key(idempotency_key)
+        if existing is not None:
+            return existing, False
+    _validate_source(request, settings)
+    _validate_limits(request, settings)
+    job = Job(
+        id=str(uuid.uuid4()),
+        status=JobStatus.queued,
+        playbook=request.playbook,
+        source=request.source.model_dump(),
+        inventory=request.inventory,
+        extra_vars=request.extra_vars,
+        limit=request.limit,
+        tags=request.tags,
+        skip_tags=request.skip_tags,
+        check=request.check,
+        diff=request.diff,
+        verbosity=request.verbosity,
+        forks=request.forks,
+        timeout=request.timeout,
+        priority=request.priority,
+        labels=request.labels,
+        idempotency_key=idempotency_key,
+        created_at=utcnow(),
+    )
+    try:
+        await repository.add(job)
+        await session.commit()
+    except IntegrityError:
+        # Two identical idempotent requests raced: the unique key let one in; return that one.
+        await session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = await repository.get_by_idempotency_key(idempotency_key)
+        if existing is None:
+            raise
+        return existing, False
+    await _enqueue(queue, job)
+    return job, True
+
+
+async def _enqueue(queue: JobQueue, job: Job) -> None:
+    try:
+        await queue.enqueue(job.id, job.priority, job.created_at)
+    except (RedisError, OSError) as exc:
+        # The job is stored; the sweeper queues it once Redis answers again.
+        log.warning("enqueue failed, left for the sweeper", job_id=job.id, error=str(exc))
+
+
+async def get(session: AsyncSession, job_id: str) -> Job:
+    job = await JobRepository(session).get(job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+async def cancel(session: AsyncSession, queue: JobQueue, job_id: str) -> Job:
+    """A queued run is canceled at once; a running one is signalled and ends within the poll interval."""
+    repository = JobRepository(session)
+    job = await get(session, job_id)
+    if JobStatus(job.status).finished:
+        raise Conflict(f"job {job_id} already finished as {job.status}")
+    if await repository.cancel_queued(job_id):
+        await session.commit()
+        return await get(session, job_id)
+    if await repository.request_cancel(job_id):
+        await session.commit()
+        try:
+            await queue.signal_cancel(job_id)
+        except (RedisError, OSError) as exc:
+            # The worker also reads the flag from the database when Redis is away.
+            log.warning("cancel signal not sent", job_id=job_id, error=str(exc))
+        return await get(session, job_id)
+    job = await get(session, job_id)
+    raise Conflict(f"job {job_id} already finished as {job.status}")
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, job_id = raw.split("|", 1)
+        return datetime.fromisoformat(created_at), job_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidRequest("cursor: not a cursor returned by this API") from None
+
+
+async def list_jobs(
+    session: AsyncSession, filters: JobFilters, *, limit: int, cursor: str | None
+) -> tuple[Sequence[Job], str | None]:
+    before = decode_cursor(cursor) if cursor else None
+    jobs = await JobRepository(session).list(filters, limit=limit + 1, before=before)
+    if len(jobs) > limit:
+        jobs = jobs[:limit]
+        return jobs, encode_cursor(jobs[-1])
+    return jobs, None
+
+
+async def events(session: AsyncSession, job_id: str, *, after: int, limit: int) -> Sequence[JobEvent]:
+    await get(session, job_id)
+    return await EventRepository(session).after(job_id, after, limit)
+
+
+async def requeue_stranded(session: AsyncSession, queue: JobQueue, *, older_than_s: float) -> int:
+    """Queue stored runs that arq does not hold (Redis was down at submit, or the arq entry expired)."""
+    jobs = await JobRepository(session).queued(
+        created_before=utcnow() - timedelta(seconds=older_than_s), limit=1000
+    )
+    queued = 0
+    for job in jobs:
+        if await queue.enqueue(job.id, job.priority, job.created_at):
+            queued += 1
+            log.info("requeued a stored run", job_id=job.id)
+    return queued

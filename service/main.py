@@ -1,0 +1,56 @@
+"""The API: `uvicorn service.main:app`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.api import health, jobs
+from service.api.auth import Authenticator
+from service.api.errors import install_error_handlers
+from service.api.limits import BodyLimitMiddleware
+from service.config import Settings, get_settings
+from service.db import create_engine, session_factory
+from service.logging import configure_logging
+from service.queue import JobQueue, create_redis
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Refuses an open API and a missing Redis before anything starts."""
+    settings = settings or get_settings()
+    settings.check_auth()
+    settings.require_redis_url()
+    configure_logging(settings)
+    authenticator = Authenticator(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        redis = create_redis(settings)
+        app.state.settings = settings
+        app.state.authenticator = authenticator
+        app.state.sessions = session_factory(engine)
+        app.state.redis = redis
+        app.state.queue = JobQueue(redis, settings)
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="ansible-runner-service",
+        version="1",
+        summary="Run Ansible playbooks on demand; read every event and per-host result.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    return app
+
+
+app = create_app()

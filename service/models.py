@@ -1,0 +1,93 @@
+"""Tables. Timestamps are naive UTC with microseconds (``DATETIME(6)`` on MariaDB)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlmodel import Field, SQLModel
+
+Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class JobStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    successful = "successful"
+    failed = "failed"
+    canceled = "canceled"
+    timeout = "timeout"
+    error = "error"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (JobStatus.queued, JobStatus.running)
+
+
+class Priority(enum.StrEnum):
+    high = "high"
+    default = "default"
+    low = "low"
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "job"
+    __table_args__ = (sa.Index("ix_job_created_at_id", "created_at", "id"),)
+
+    id: str = Field(sa_column=sa.Column(sa.String(36), primary_key=True))
+    status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False, index=True))
+    playbook: str = Field(sa_column=sa.Column(sa.String(512), nullable=False, index=True))
+    source: dict[str, Any] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+    # A path inside the source (a JSON string) or an inline inventory (a JSON object); NULL: implicit localhost.
+    inventory: Any = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
+    extra_vars: dict[str, Any] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+    limit: str | None = Field(default=None, sa_column=sa.Column(sa.String(1024), nullable=True))
+    tags: list[str] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+    skip_tags: list[str] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+    check: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False))
+    diff: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False))
+    verbosity: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    forks: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+    timeout: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+    priority: str = Field(sa_column=sa.Column(sa.String(8), nullable=False))
+    labels: dict[str, str] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+    idempotency_key: str | None = Field(
+        default=None, sa_column=sa.Column(sa.String(255), nullable=True, unique=True)
+    )
+    created_at: datetime = Field(sa_column=sa.Column(Timestamp, nullable=False))
+    started_at: datetime | None = Field(default=None, sa_column=sa.Column(Timestamp, nullable=True))
+    finished_at: datetime | None = Field(default=None, sa_column=sa.Column(Timestamp, nullable=True))
+    rc: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+    reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    host_stats: dict[str, dict[str, int]] | None = Field(
+        default=None, sa_column=sa.Column(sa.JSON, nullable=True)
+    )
+    event_count: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False))
+    worker_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(128), nullable=True))
+    cancel_requested: bool = Field(default=False, sa_column=sa.Column(sa.Boolean, nullable=False))
+
+
+class JobEvent(SQLModel, table=True):
+    """One Ansible event. The primary key keeps a job's events together and in order on disk."""
+
+    __tablename__ = "job_event"
+
+    job_id: str = Field(
+        sa_column=sa.Column(sa.String(36), sa.ForeignKey("job.id"), primary_key=True, autoincrement=False)
+    )
+    seq: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True, autoincrement=False))
+    event: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    host: str | None = Field(default=None, sa_column=sa.Column(sa.String(255), nullable=True))
+    task: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    play: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    stdout: str = Field(sa_column=sa.Column(LongText, nullable=False))
+    created: datetime = Field(sa_column=sa.Column(Timestamp, nullable=False))
+    data: dict[str, Any] = Field(sa_column=sa.Column(sa.JSON, nullable=False))

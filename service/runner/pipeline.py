@@ -1,0 +1,274 @@
+"""One run, from claim to final status: the worker side of DESIGN section 4."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+import structlog
+from arq.connections import ArqRedis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service import live
+from service.config import Settings
+from service.errors import ServiceError
+from service.jobs.repository import EventRepository, JobRepository
+from service.models import Job, JobStatus
+from service.queue import cancel_key
+from service.runner.events import STATS_EVENT, EventChannel, host_stats, read_event_files, to_row
+from service.runner.execute import RunOutcome, run_ansible
+from service.runner.workspace import Workspace, prepare
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+# Database faults worth waiting out; anything else is a bug and propagates.
+_TRANSIENT_DB = (OperationalError, DBAPIError, OSError)
+
+
+@dataclass(frozen=True)
+class WorkerDeps:
+    settings: Settings
+    sessions: async_sessionmaker[AsyncSession]
+    redis: ArqRedis
+    worker_id: str
+    limiter: anyio.CapacityLimiter
+
+
+async def retry_db(deps: WorkerDeps, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+    """Run `operation` until it succeeds or `db_retry_for` seconds pass (then the last error propagates)."""
+    delay = 0.1
+    deadline = anyio.current_time() + deps.settings.db_retry_for
+    while True:
+        try:
+            return await operation()
+        except IntegrityError:
+            raise
+        except _TRANSIENT_DB as exc:
+            if anyio.current_time() + delay > deadline:
+                raise
+            log.warning("database unavailable, retrying", operation=what, error=str(exc).splitlines()[0])
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+class EventRecorder:
+    """Stores events in order, in batches, then appends them to the live stream.
+
+    Writes stop at the first batch that cannot be stored (after retries), so what is stored is always
+    contiguous from 1; `complete()` then takes the rest from ansible-runner's job_events files.
+    """
+
+    def __init__(self, deps: WorkerDeps, job_id: str) -> None:
+        self.deps = deps
+        self.job_id = job_id
+        self.stored_seq = 0
+        self.stats: dict[str, Any] | None = None
+        self.stalled = False
+
+    async def consume(self, channel: EventChannel) -> None:
+        while (batch := await channel.get_batch(self.deps.settings.event_batch_size)) is not None:
+            if not self.stalled:
+                await self._store(batch)
+
+    async def complete(self, workspace: Workspace) -> None:
+        """Store whatever the channel did not carry (it spilled, or the database was away)."""
+        missing = await anyio.to_thread.run_sync(read_event_files, workspace.artifact_dir, self.stored_seq)
+        self.stalled = False
+        size = self.deps.settings.event_batch_size
+        for start in range(0, len(missing), size):
+            await self._store(missing[start : start + size])
+            if self.stalled:
+                raise RuntimeError("events could not be stored")
+
+    async def _store(self, batch: list[dict[str, Any]]) -> None:
+        rows = [to_row(self.job_id, event) for event in batch if int(event["counter"]) > self.stored_seq]
+        if not rows:
+            return
+        if rows[0]["seq"] != self.stored_seq + 1:
+            # Something was not carried (a spill): leave the rest to complete(), which keeps the order.
+            self.stalled = True
+            return
+        for row in rows:
+            if row["event"] == STATS_EVENT:
+                self.stats = row["data"]
+        last = rows[-1]["seq"]
+
+        async def write() -> None:
+            async with self.deps.sessions() as session:
+                await EventRepository(session).add_batch(self.job_id, rows, last)
+                await session.commit()
+
+        try:
+            await retry_db(self.deps, "store events", write)
+        except IntegrityError:
+            # A commit whose answer was lost on the way: the rows are there already.
+            await self._resync()
+            if self.stored_seq < last:
+                raise
+        except _TRANSIENT_DB:
+            self.stalled = True
+            log.error("events not stored, will re-read them at the end", first_seq=rows[0]["seq"])
+            return
+        self.stored_seq = last
+        await self._publish(rows)
+
+    async def _resync(self) -> None:
+        async with self.deps.sessions() as session:
+            self.stored_seq = await EventRepository(session).max_seq(self.job_id)
+
+    async def _publish(self, rows: list[dict[str, Any]]) -> None:
+        events = [{key: value for key, value in row.items() if key != "job_id"} for row in rows]
+        try:
+            await live.publish_events(
+                self.deps.redis, self.job_id, events, maxlen=self.deps.settings.stream_maxlen
+            )
+        except (RedisError, OSError) as exc:
+            # Live readers fall back to the database; the record is complete either way.
+            log.warning("live stream not updated", error=str(exc))
+
+
+async def _watch_cancel(deps: WorkerDeps, job_id: str, cancel: threading.Event) -> None:
+    """Set `cancel` when the API asks: a Redis signal wakes us at once, the database flag is the truth."""
+    key = cancel_key(job_id)
+    while not cancel.is_set():
+        try:
+            if await deps.redis.blpop([key], timeout=5):
+                cancel.set()
+                return
+        except (RedisError, OSError):
+            await anyio.sleep(1)
+        try:
+            async with deps.sessions() as session:
+                if await JobRepository(session).is_cancel_requested(job_id):
+                    cancel.set()
+        except _TRANSIENT_DB:
+            continue
+
+
+async def _run_in_thread(deps: WorkerDeps, job: Job, workspace: Workspace, channel: EventChannel,
+                         cancel: threading.Event) -> RunOutcome:
+    done = threading.Event()
+
+    def target() -> RunOutcome:
+        try:
+            return run_ansible(job, workspace, deps.settings, channel, cancel)
+        finally:
+            done.set()
+
+    try:
+        return await anyio.to_thread.run_sync(target, abandon_on_cancel=True, limiter=deps.limiter)
+    except anyio.get_cancelled_exc_class():
+        # The worker is stopping: a thread cannot be cancelled, so stop Ansible and wait for the thread,
+        # or the playbook would go on unsupervised while the database says the run ended.
+        cancel.set()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(done.wait)
+        raise
+
+
+def _final(outcome: RunOutcome, timeout: int, cancel: threading.Event,
+           stats: dict[str, dict[str, int]] | None) -> tuple[JobStatus, str | None]:
+    status = outcome.status
+    if status == "successful":
+        return JobStatus.successful, None
+    if status == "canceled" or cancel.is_set():
+        return JobStatus.canceled, "canceled by request"
+    if status == "timeout":
+        return JobStatus.timeout, f"the run exceeded its timeout of {timeout} s"
+    if status == "failed":
+        bad = sorted(host for host, counts in (stats or {}).items() if counts["failures"] or counts["unreachable"])
+        where = f" (failed or unreachable: {', '.join(bad)})" if bad else ""
+        return JobStatus.failed, f"ansible-playbook exited with rc {outcome.rc}{where}"
+    return JobStatus.error, f"ansible-runner ended with status {status!r}"
+
+
+async def execute_run(deps: WorkerDeps, job_id: str) -> None:
+    async def claim() -> Job | None:
+        async with deps.sessions() as session:
+            repository = JobRepository(session)
+            claimed = await repository.claim(job_id, deps.worker_id)
+            await session.commit()
+            return await repository.get(job_id) if claimed else None
+
+    job = await retry_db(deps, "claim", claim)
+    if job is None:
+        log.info("not claimed: canceled or taken by another worker")
+        return
+    log.info("run started", playbook=job.playbook)
+    try:
+        workspace = await anyio.to_thread.run_sync(prepare, job, deps.settings)
+    except (ServiceError, OSError) as exc:
+        detail = exc.detail if isinstance(exc, ServiceError) else str(exc)
+        await _finish(deps, job_id, JobStatus.error, None, f"could not prepare the run: {detail}", None, 0)
+        return
+
+    recorder = EventRecorder(deps, job_id)
+    cancel = threading.Event()
+    channel = EventChannel(asyncio.get_running_loop(), deps.settings.event_buffer_size)
+    try:
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(recorder.consume, channel)
+                watcher = anyio.CancelScope()
+                group.start_soon(_scoped, watcher, _watch_cancel(deps, job_id, cancel))
+                try:
+                    outcome = await _run_in_thread(deps, job, workspace, channel, cancel)
+                finally:
+                    watcher.cancel()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await _finish_lost(deps, job_id, recorder, workspace)
+            raise
+        except Exception as exc:
+            log.exception("run failed inside the service")
+            with anyio.CancelScope(shield=True):
+                await _finish(deps, job_id, JobStatus.error, None, f"internal error: {exc}", None,
+                              recorder.stored_seq)
+            return
+        await recorder.complete(workspace)
+        stats = host_stats(recorder.stats) if recorder.stats is not None else None
+        status, reason = _final(outcome, job.timeout or deps.settings.max_run_timeout, cancel, stats)
+        await _finish(deps, job_id, status, outcome.rc, reason, stats, recorder.stored_seq)
+        log.info("run finished", status=status, rc=outcome.rc, events=recorder.stored_seq)
+    finally:
+        if not deps.settings.keep_work_dirs:
+            await anyio.to_thread.run_sync(workspace.remove)
+
+
+async def _scoped(scope: anyio.CancelScope, coroutine: Awaitable[None]) -> None:
+    with scope:
+        await coroutine
+
+
+async def _finish_lost(deps: WorkerDeps, job_id: str, recorder: EventRecorder, workspace: Workspace) -> None:
+    try:
+        await recorder.complete(workspace)
+    except Exception:
+        log.exception("events of an interrupted run not fully stored")
+    await _finish(deps, job_id, JobStatus.error, None, "worker shut down before the run finished",
+                  host_stats(recorder.stats) if recorder.stats else None, recorder.stored_seq)
+
+
+async def _finish(deps: WorkerDeps, job_id: str, status: JobStatus, rc: int | None, reason: str | None,
+                  stats: dict[str, dict[str, int]] | None, event_count: int) -> None:
+    async def write() -> bool:
+        async with deps.sessions() as session:
+            finished = await JobRepository(session).finish(
+                job_id, status=status, rc=rc, reason=reason, host_stats=stats, event_count=event_count
+            )
+            await session.commit()
+            return finished
+
+    if not await retry_db(deps, "finish", write):
+        log.warning("run was already finished elsewhere", status=status)
+    try:
+        await live.publish_end(deps.redis, job_id, event_count, ttl=deps.settings.stream_ttl_after_end)
+    except (RedisError, OSError) as exc:
+        log.warning("end of stream not published", error=str(exc))

@@ -1,0 +1,85 @@
+"""A fresh private_data_dir per run: inventory and extra vars written as data, never as templates."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from service.config import Settings
+from service.models import Job
+from service.sources.paths import resolve_inside, resolve_playbook
+
+
+class _UnsafeDumper(yaml.SafeDumper):
+    """Tags every string value `!unsafe`, so Ansible never renders `{{ … }}` that came from a request.
+
+    Mapping keys (variable, host and group names) stay plain strings.
+    """
+
+
+def _represent_unsafe(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("!unsafe", value)
+
+
+def _represent_mapping(dumper: yaml.SafeDumper, data: dict[Any, Any]) -> yaml.MappingNode:
+    pairs = [
+        (dumper.represent_scalar("tag:yaml.org,2002:str", str(key)), dumper.represent_data(value))
+        for key, value in data.items()
+    ]
+    return yaml.MappingNode("tag:yaml.org,2002:map", pairs)
+
+
+_UnsafeDumper.add_representer(str, _represent_unsafe)
+_UnsafeDumper.add_representer(dict, _represent_mapping)
+
+
+def dump_unsafe(data: Any) -> str:
+    return yaml.dump(data, Dumper=_UnsafeDumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    private_data_dir: Path
+    project_dir: Path
+    playbook: str
+    inventory: str | None
+    ident: str = "run"
+
+    @property
+    def artifact_dir(self) -> Path:
+        """Where ansible-runner writes its record of the run (job_events/, stdout, status, rc)."""
+        return self.private_data_dir / "artifacts" / self.ident
+
+    def remove(self) -> None:
+        shutil.rmtree(self.private_data_dir, ignore_errors=True)
+
+
+def prepare(job: Job, settings: Settings) -> Workspace:
+    """Build the run's scratch directory. Paths are checked again: the source may have changed since submit."""
+    project_dir = settings.playbooks_dir
+    resolve_playbook(project_dir, job.playbook)
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    private = Path(tempfile.mkdtemp(prefix=f"run-{job.id}-", dir=settings.work_dir))
+    try:
+        env = private / "env"
+        env.mkdir()
+        if job.extra_vars:
+            (env / "extravars").write_text(dump_unsafe(job.extra_vars), encoding="utf-8")
+        inventory: str | None = None
+        if isinstance(job.inventory, str):
+            inventory = str(resolve_inside(project_dir, job.inventory, "inventory"))
+        elif isinstance(job.inventory, dict):
+            directory = private / "inventory"
+            directory.mkdir()
+            path = directory / "hosts.yml"
+            path.write_text(dump_unsafe(job.inventory), encoding="utf-8")
+            inventory = str(path)
+    except BaseException:
+        shutil.rmtree(private, ignore_errors=True)
+        raise
+    return Workspace(private_data_dir=private, project_dir=project_dir, playbook=job.playbook, inventory=inventory)

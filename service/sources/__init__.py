@@ -1,0 +1,1 @@
+"""Where playbooks come from: the bundled directory, or (later) Git providers."""
