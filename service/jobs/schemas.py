@@ -76,12 +76,16 @@ class JobRequest(BaseModel):
     limit: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = Field(
         default=None, description="host pattern, as ansible-playbook --limit"
     )
-    tags: Annotated[list[Name], Field(max_length=100)] = Field(default_factory=list)
-    skip_tags: Annotated[list[Name], Field(max_length=100)] = Field(default_factory=list)
+    tags: Annotated[list[Name], Field(max_length=100)] = Field(
+        default_factory=list, description="run only tasks with these tags (--tags)"
+    )
+    skip_tags: Annotated[list[Name], Field(max_length=100)] = Field(
+        default_factory=list, description="skip tasks with these tags (--skip-tags)"
+    )
     check: bool = Field(default=False, description="run in check mode: change nothing")
     diff: bool = Field(default=False, description="show diffs of changed files and templates")
     verbosity: int = Field(default=0, ge=0, le=4, description="0 to 4, as -v to -vvvv")
-    forks: int | None = Field(default=None, ge=1, le=500)
+    forks: int | None = Field(default=None, ge=1, le=500, description="parallel hosts (--forks)")
     timeout: int | None = Field(
         default=None, ge=1, description="wall-clock limit of the Ansible run in seconds (queue time not counted)"
     )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,14 +23,21 @@ from service.runner.workspace import Workspace
 class RunOutcome:
     status: str
     rc: int | None
+    timed_out: bool
 
 
-def ansible_environment(settings: Settings) -> dict[str, str]:
+RUN_MARKER = "ARS_RUN_ID"
+
+
+def ansible_environment(settings: Settings, job_id: str) -> dict[str, str]:
     """Variables ansible-runner adds to the child's environment."""
     # The worker's own Python environment first: its ansible-playbook is the one installed with the service,
     # also when the virtualenv is not activated.
     path = os.pathsep.join([str(Path(sys.executable).parent), settings.path])
     return {
+        # Inherited by every process of the run, also those that leave its process group (modules that
+        # start their own session): how an interrupted run's leftovers are found.
+        RUN_MARKER: job_id,
         "PATH": path,
         "ANSIBLE_COLLECTIONS_PATH": str(settings.ansible_collections_path),
         # Output is stored and streamed as printed, colours included; readers strip them on demand.
@@ -45,21 +55,32 @@ def run_ansible(
     cancel: threading.Event,
 ) -> RunOutcome:
     """Run the playbook to its end (blocking). Call in a thread; set `cancel` to stop it."""
+    deadline = time.monotonic() + (job.timeout or settings.max_run_timeout)
+    timed_out = False
+
+    def stop_check() -> bool:
+        # The cancel and timeout checks are ours rather than ansible-runner's: it kills only the process
+        # group of ansible-playbook, while Ansible's workers start sessions of their own (and then hold
+        # the terminal, so ansible-runner waits seconds for its end). Every process of the run goes first.
+        nonlocal timed_out
+        timed_out = timed_out or time.monotonic() > deadline
+        if cancel.is_set() or timed_out:
+            kill_run_processes(job.id)
+            return True
+        return False
+
     cmdline = [flag for flag, wanted in (("--check", job.check), ("--diff", job.diff)) if wanted]
     kwargs: dict[str, Any] = {
         "private_data_dir": str(workspace.private_data_dir),
         "project_dir": str(workspace.project_dir),
         "playbook": workspace.playbook,
         "ident": workspace.ident,
-        "envvars": ansible_environment(settings),
+        "envvars": ansible_environment(settings, job.id),
         "quiet": True,
-        "suppress_env_files": True,
-        # The run's wall-clock limit; ansible-runner kills the process group when it passes.
-        "timeout": job.timeout or settings.max_run_timeout,
-        # How often ansible-runner looks at the cancel flag and the timeout (5 s by default).
+        # How often ansible-runner calls the cancel callback (5 s by default).
         "settings": {"pexpect_timeout": settings.runner_poll_interval},
         "event_handler": _keep_event(channel),
-        "cancel_callback": cancel.is_set,
+        "cancel_callback": stop_check,
     }
     if workspace.inventory is not None:
         kwargs["inventory"] = workspace.inventory
@@ -79,7 +100,26 @@ def run_ansible(
         runner = ansible_runner.run(**kwargs)
     finally:
         channel.close()
-    return RunOutcome(status=str(runner.status), rc=runner.rc)
+    return RunOutcome(status=str(runner.status), rc=runner.rc, timed_out=timed_out)
+
+
+def kill_run_processes(job_id: str) -> int:
+    """SIGKILL every process whose environment carries this run's marker. Returns how many."""
+    needle = f"{RUN_MARKER}={job_id}".encode()
+    killed = 0
+    proc = Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue  # gone, or not ours to read
+        if needle in environ.split(b"\0"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+    return killed
 
 
 def _keep_event(channel: EventChannel) -> Any:

@@ -178,10 +178,10 @@ def _final(outcome: RunOutcome, timeout: int, cancel: threading.Event,
     status = outcome.status
     if status == "successful":
         return JobStatus.successful, None
+    if outcome.timed_out:
+        return JobStatus.timeout, f"the run exceeded its timeout of {timeout} s"
     if status == "canceled" or cancel.is_set():
         return JobStatus.canceled, "canceled by request"
-    if status == "timeout":
-        return JobStatus.timeout, f"the run exceeded its timeout of {timeout} s"
     if status == "failed":
         bad = sorted(host for host, counts in (stats or {}).items() if counts["failures"] or counts["unreachable"])
         where = f" (failed or unreachable: {', '.join(bad)})" if bad else ""
