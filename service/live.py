@@ -23,9 +23,7 @@ def encode_event(event: dict[str, Any]) -> str:
     return json.dumps(event, separators=(",", ":"), default=str)
 
 
-async def publish_events(
-    redis: Redis, job_id: str, events: Sequence[dict[str, Any]], *, maxlen: int
-) -> None:
+async def publish_events(redis: Redis, job_id: str, events: Sequence[dict[str, Any]], *, maxlen: int) -> None:
     key = stream_key(job_id)
     async with redis.pipeline(transaction=False) as pipe:
         for event in events:

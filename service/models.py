@@ -46,7 +46,7 @@ class Job(SQLModel, table=True):
     status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False, index=True))
     playbook: str = Field(sa_column=sa.Column(sa.String(512), nullable=False, index=True))
     source: dict[str, Any] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
-    # A path inside the source (a JSON string) or an inline inventory (a JSON object); NULL: implicit localhost.
+    # A path inside the source (JSON string) or an inline inventory (JSON object); NULL: implicit localhost.
     inventory: Any = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
     extra_vars: dict[str, Any] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
     limit: str | None = Field(default=None, sa_column=sa.Column(sa.String(1024), nullable=True))

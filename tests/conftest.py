@@ -237,8 +237,11 @@ def start_stack(backends: Backends, tmp_path_factory: pytest.TempPathFactory) ->
         stack.processes.append(api)
         for index in range(workers):
             stack.processes.append(
-                start_process([sys.executable, "-m", "arq", "service.worker.WorkerSettings"], env,
-                              tmp / f"worker{index}.log")
+                start_process(
+                    [sys.executable, "-m", "arq", "service.worker.WorkerSettings"],
+                    env,
+                    tmp / f"worker{index}.log",
+                )
             )
         wait_http(f"{stack.base_url}/health", api, api_log)
         return stack
@@ -296,7 +299,10 @@ def wait_until(condition: Callable[[], bool], what: str, deadline_s: float = 60)
 def all_events(client: httpx.Client, job_id: str, page: int = 100) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     while True:
-        response = client.get(f"/api/v1/jobs/{job_id}/events", params={"after": len(events) and events[-1]["seq"], "limit": page})
+        response = client.get(
+            f"/api/v1/jobs/{job_id}/events",
+            params={"after": len(events) and events[-1]["seq"], "limit": page},
+        )
         assert response.status_code == 200, response.text
         items = response.json()["items"]
         if not items:

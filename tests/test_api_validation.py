@@ -52,13 +52,23 @@ BAD_BODIES: list[tuple[str, dict[str, Any], str]] = [
     ("label control char", {**VALID, "labels": {"team": "a\u0007b"}}, "labels"),
     ("unknown field", {**VALID, "playbok": "debug.yml"}, "playbok"),
     ("unknown source type", {**VALID, "source": {"type": "s3"}}, "source"),
-    ("git ref option", {**VALID, "source": {"type": "git", "repo": "https://x/y/z", "ref": "--upload-pack=x"}}, "source.ref"),
-    ("git not configured", {**VALID, "source": {"type": "git", "repo": "https://gitlab.example/org/repo"}}, "source.repo"),
+    (
+        "git ref option",
+        {**VALID, "source": {"type": "git", "repo": "https://x/y/z", "ref": "--upload-pack=x"}},
+        "source.ref",
+    ),
+    (
+        "git not configured",
+        {**VALID, "source": {"type": "git", "repo": "https://gitlab.example/org/repo"}},
+        "source.repo",
+    ),
     ("unknown field in source", {**VALID, "source": {"type": "bundled", "x": 1}}, "source"),
 ]
 
 
-@pytest.mark.parametrize(("body", "field"), [(b, f) for _, b, f in BAD_BODIES], ids=[c for c, _, _ in BAD_BODIES])
+@pytest.mark.parametrize(
+    ("body", "field"), [(b, f) for _, b, f in BAD_BODIES], ids=[c for c, _, _ in BAD_BODIES]
+)
 def test_bad_request_is_refused_and_nothing_stored(
     stack: Stack, api: httpx.Client, body: dict[str, Any], field: str
 ) -> None:
@@ -86,7 +96,9 @@ def test_body_over_one_mebibyte_is_413(stack: Stack, api: httpx.Client) -> None:
 
 def test_malformed_json_is_422(stack: Stack, api: httpx.Client) -> None:
     before = stack.count_jobs()
-    response = api.post("/api/v1/jobs", content=b'{"playbook": ', headers={"Content-Type": "application/json"})
+    response = api.post(
+        "/api/v1/jobs", content=b'{"playbook": ', headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 422
     assert response.json()["error"] == "ValidationError"
     assert "JSON" in response.json()["detail"]
@@ -138,8 +150,20 @@ def test_openapi_describes_every_request_field(api: httpx.Client) -> None:
     schema = api.get("/openapi.json").json()
     request = schema["components"]["schemas"]["JobRequest"]
     assert set(request["properties"]) == {
-        "playbook", "source", "inventory", "extra_vars", "limit", "tags", "skip_tags", "check", "diff",
-        "verbosity", "forks", "timeout", "priority", "labels",
+        "playbook",
+        "source",
+        "inventory",
+        "extra_vars",
+        "limit",
+        "tags",
+        "skip_tags",
+        "check",
+        "diff",
+        "verbosity",
+        "forks",
+        "timeout",
+        "priority",
+        "labels",
     }
     assert request.get("additionalProperties") is False
     undocumented = [name for name, field in request["properties"].items() if not field.get("description")]

@@ -50,7 +50,8 @@ def test_timestamps_keep_microseconds_on_the_test_database(backends: Backends, t
         with engine.begin() as connection:
             connection.execute(
                 sa.text(
-                    "INSERT INTO job (id, status, playbook, source, extra_vars, tags, skip_tags, `check`, diff,"
+                    "INSERT INTO job (id, status, playbook, source, extra_vars, tags, skip_tags, `check`,"
+                    " diff,"
                     " verbosity, priority, labels, created_at, event_count, cancel_requested) VALUES"
                     " ('x', 'queued', 'p.yml', '{}', '{}', '[]', '[]', 0, 0, 0, 'default', '{}',"
                     " '2026-01-02 03:04:05.123456', 0, 0)"

@@ -14,7 +14,9 @@ def test_priority_order_and_cancel_queued(start_stack: StackFactory, tmp_path: P
     stack = start_stack(WORKER_MAX_JOBS="1")
     gate = tmp_path / f"gate-{uuid.uuid4().hex}"
     with stack.client() as client:
-        blocker = submit(client, {"playbook": "gate.yml", "inventory": LOCAL1, "extra_vars": {"gate": str(gate)}})
+        blocker = submit(
+            client, {"playbook": "gate.yml", "inventory": LOCAL1, "extra_vars": {"gate": str(gate)}}
+        )
         wait_for(client, blocker["id"], {"running"})
         submitted = {}
         for priority in ("low", "default", "high", "default"):

@@ -64,18 +64,29 @@ def runs(client: httpx.Client, scratch: Path) -> dict[str, dict[str, Any]]:
     requests: dict[str, dict[str, Any]] = {
         "success": {"playbook": "debug.yml", "inventory": LOCAL3},
         "failed": {"playbook": "fail_h2.yml", "inventory": LOCAL3},
-        "check": {"playbook": "write_file.yml", "inventory": "inventory/local1.yml", "check": True,
-                  "extra_vars": {"path": str(scratch / "check-mode.txt")}},
-        "write": {"playbook": "write_file.yml", "inventory": "inventory/local1.yml", "diff": True,
-                  "extra_vars": {"path": str(scratch / "written.txt")}},
+        "check": {
+            "playbook": "write_file.yml",
+            "inventory": "inventory/local1.yml",
+            "check": True,
+            "extra_vars": {"path": str(scratch / "check-mode.txt")},
+        },
+        "write": {
+            "playbook": "write_file.yml",
+            "inventory": "inventory/local1.yml",
+            "diff": True,
+            "extra_vars": {"path": str(scratch / "written.txt")},
+        },
         "tags": {"playbook": "debug.yml", "inventory": LOCAL3, "tags": ["two"]},
         "skip_tags": {"playbook": "debug.yml", "inventory": LOCAL3, "skip_tags": ["two"]},
         "limit": {"playbook": "debug.yml", "inventory": LOCAL3, "limit": "h1:h3"},
         "implicit_localhost": {"playbook": "localhost_only.yml"},
         "options": {"playbook": "debug.yml", "inventory": LOCAL3, "verbosity": 2, "forks": 2},
         "inline": {"playbook": "debug.yml", "inventory": {"all": {"hosts": {"a1": None, "a2": {"x": 1}}}}},
-        "inert_vars": {"playbook": "echo_vars.yml", "inventory": "inventory/local1.yml",
-                       "extra_vars": {"payload": "{{ lookup('pipe', 'touch %s') }}" % (scratch / "pwned")}},
+        "inert_vars": {
+            "playbook": "echo_vars.yml",
+            "inventory": "inventory/local1.yml",
+            "extra_vars": {"payload": "{{ lookup('pipe', 'touch %s') }}" % (scratch / "pwned")},
+        },
         "stdout": {"playbook": "debug.yml", "inventory": "inventory/local1.yml"},
         "nested": {"playbook": "nested/inner.yml", "inventory": "inventory/local1.yml"},
     }
@@ -150,7 +161,9 @@ def test_failed_task(client: httpx.Client, runs: dict[str, dict[str, Any]]) -> N
     assert [(e["host"], e["task"]) for e in failed] == [("h2", "Fail on h2 only")]
 
 
-def test_check_mode_changes_nothing(client: httpx.Client, runs: dict[str, dict[str, Any]], scratch: Path) -> None:
+def test_check_mode_changes_nothing(
+    client: httpx.Client, runs: dict[str, dict[str, Any]], scratch: Path
+) -> None:
     check = finished(client, runs, "check")
     write = finished(client, runs, "write")
     assert check["status"] == write["status"] == "successful"
@@ -188,7 +201,9 @@ def test_limit(client: httpx.Client, runs: dict[str, dict[str, Any]]) -> None:
     assert set(job["host_stats"]) == {"h1", "h3"}
 
 
-def test_no_inventory_targets_implicit_localhost(client: httpx.Client, runs: dict[str, dict[str, Any]]) -> None:
+def test_no_inventory_targets_implicit_localhost(
+    client: httpx.Client, runs: dict[str, dict[str, Any]]
+) -> None:
     job = finished(client, runs, "implicit_localhost")
     assert job["status"] == "successful"
     assert job["host_stats"] == {"localhost": stats(ok=1)}
@@ -224,13 +239,23 @@ def test_nested_playbook_path(client: httpx.Client, runs: dict[str, dict[str, An
     assert finished(client, runs, "nested")["status"] == "successful"
 
 
-def test_stdout_is_what_ansible_playbook_prints(client: httpx.Client, runs: dict[str, dict[str, Any]]) -> None:
+def test_stdout_is_what_ansible_playbook_prints(
+    client: httpx.Client, runs: dict[str, dict[str, Any]]
+) -> None:
     job = finished(client, runs, "stdout")
     ours = client.get(f"/api/v1/jobs/{job['id']}/stdout")
     assert ours.headers["content-type"].startswith("text/plain")
     bare = subprocess.run(
-        [ansible_playbook(), "-i", str(TEST_PLAYBOOKS / "inventory/local1.yml"), str(TEST_PLAYBOOKS / "debug.yml")],
-        capture_output=True, text=True, check=True, env={"ANSIBLE_NOCOLOR": "1", "PATH": "/usr/bin:/bin"},
+        [
+            ansible_playbook(),
+            "-i",
+            str(TEST_PLAYBOOKS / "inventory/local1.yml"),
+            str(TEST_PLAYBOOKS / "debug.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"ANSIBLE_NOCOLOR": "1", "PATH": "/usr/bin:/bin"},
     ).stdout
 
     def lines(text: str) -> list[str]:
@@ -257,8 +282,14 @@ def _sleeping(secs: str) -> bool:
 def test_cancel_running_job_kills_ansible(client: httpx.Client, scratch: Path) -> None:
     secs = f"3{uuid.uuid4().int % 10**6:06d}"
     marker = scratch / f"cancel-{secs}"
-    job = submit(client, {"playbook": "sleep.yml", "inventory": "inventory/local1.yml",
-                          "extra_vars": {"secs": secs, "marker": str(marker)}})
+    job = submit(
+        client,
+        {
+            "playbook": "sleep.yml",
+            "inventory": "inventory/local1.yml",
+            "extra_vars": {"secs": secs, "marker": str(marker)},
+        },
+    )
     wait_until(lambda: marker.exists() and _sleeping(secs), "the playbook to start sleeping")
     assert client.get(f"/api/v1/jobs/{job['id']}").json()["status"] == "running"
     response = client.post(f"/api/v1/jobs/{job['id']}/cancel")
@@ -272,8 +303,15 @@ def test_cancel_running_job_kills_ansible(client: httpx.Client, scratch: Path) -
 
 def test_timeout_ends_the_run(client: httpx.Client, scratch: Path) -> None:
     secs = f"4{uuid.uuid4().int % 10**6:06d}"
-    job = submit(client, {"playbook": "sleep.yml", "inventory": "inventory/local1.yml", "timeout": 2,
-                          "extra_vars": {"secs": secs, "marker": str(scratch / f"timeout-{secs}")}})
+    job = submit(
+        client,
+        {
+            "playbook": "sleep.yml",
+            "inventory": "inventory/local1.yml",
+            "timeout": 2,
+            "extra_vars": {"secs": secs, "marker": str(scratch / f"timeout-{secs}")},
+        },
+    )
     done = wait_for(client, job["id"], deadline_s=60)
     assert done["status"] == "timeout"
     assert "timeout of 2 s" in done["reason"]
@@ -312,7 +350,9 @@ def test_concurrent_identical_idempotent_requests_make_one_job(runs_stack: Stack
 def test_list_filters_and_cursor_pagination(client: httpx.Client) -> None:
     batch = uuid.uuid4().hex[:12]
     ids = [
-        submit(client, {"playbook": "debug.yml", "inventory": LOCAL3, "labels": {"batch": batch, "n": str(n)}})["id"]
+        submit(
+            client, {"playbook": "debug.yml", "inventory": LOCAL3, "labels": {"batch": batch, "n": str(n)}}
+        )["id"]
         for n in range(5)
     ]
     seen: list[str] = []
@@ -334,13 +374,20 @@ def test_list_filters_and_cursor_pagination(client: httpx.Client) -> None:
     assert [job["id"] for job in both] == [ids[3]]
     for job_id in ids:
         wait_for(client, job_id)
-    done = client.get("/api/v1/jobs", params={"label": f"batch={batch}", "status": "successful"}).json()["items"]
+    done = client.get("/api/v1/jobs", params={"label": f"batch={batch}", "status": "successful"}).json()[
+        "items"
+    ]
     assert len(done) == 5
-    assert client.get("/api/v1/jobs", params={"label": f"batch={batch}", "status": "failed"}).json()["items"] == []
+    assert (
+        client.get("/api/v1/jobs", params={"label": f"batch={batch}", "status": "failed"}).json()["items"]
+        == []
+    )
     other = client.get("/api/v1/jobs", params={"label": f"batch={batch}", "playbook": "fail_h2.yml"}).json()
     assert other["items"] == []
     created = client.get(f"/api/v1/jobs/{ids[2]}").json()["created_at"]
-    later = client.get("/api/v1/jobs", params={"label": f"batch={batch}", "created_after": created}).json()["items"]
+    later = client.get("/api/v1/jobs", params={"label": f"batch={batch}", "created_after": created}).json()[
+        "items"
+    ]
     assert [job["id"] for job in later] == [ids[4], ids[3]]
 
 

@@ -16,7 +16,11 @@ def test_api_refuses_to_start_open(backends: Backends, tmp_path: Path) -> None:
     del env["AUTH_DISABLED"]
     result = subprocess.run(
         [sys.executable, "-m", "uvicorn", "service.main:app", "--port", str(free_port())],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     assert "refusing to start an open API" in result.stderr
@@ -27,7 +31,11 @@ def test_worker_refuses_to_start_without_redis(backends: Backends, tmp_path: Pat
     del env["REDIS_URL"]
     result = subprocess.run(
         [sys.executable, "-m", "arq", "service.worker.WorkerSettings"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     assert "REDIS_URL is not set" in result.stderr
@@ -39,7 +47,9 @@ def test_ready_is_503_while_redis_is_unreachable(backends: Backends, tmp_path: P
     port = free_port()
     log = tmp_path / "api.log"
     api = start_process(
-        [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)], env, log
+        [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        log,
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", api, log)

@@ -40,7 +40,9 @@ def parse_tokens(raw: str) -> list[TokenEntry]:
             continue
         match = _ENTRY.match(part)
         if not match:
-            raise ConfigurationError("API_TOKENS: each entry must be name:scope[,scope]:<sha256 hex of the token>")
+            raise ConfigurationError(
+                "API_TOKENS: each entry must be name:scope[,scope]:<sha256 hex of the token>"
+            )
         scopes = frozenset(match["scopes"].split(","))
         if not scopes <= set(SCOPES):
             raise ConfigurationError(f"API_TOKENS: unknown scope in {match['name']}: use {', '.join(SCOPES)}")

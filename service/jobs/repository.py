@@ -122,7 +122,7 @@ class JobRepository:
         return _rowcount(result) == 1
 
     async def is_cancel_requested(self, job_id: str) -> bool:
-        result = await self.session.execute(sa.select(Job.cancel_requested).where(col(Job.id) == job_id))
+        result = await self.session.execute(sa.select(col(Job.cancel_requested)).where(col(Job.id) == job_id))
         return bool(result.scalar_one_or_none())
 
     async def queued(self, *, created_before: datetime, limit: int) -> Sequence[Job]:
@@ -163,7 +163,7 @@ class EventRepository:
 
     async def stdout_after(self, job_id: str, after: int, limit: int) -> Sequence[tuple[int, str]]:
         query = (
-            sa.select(JobEvent.seq, JobEvent.stdout)
+            sa.select(col(JobEvent.seq), col(JobEvent.stdout))
             .where(col(JobEvent.job_id) == job_id, col(JobEvent.seq) > after)
             .order_by(col(JobEvent.seq))
             .limit(limit)

@@ -63,12 +63,12 @@ class JobRequest(BaseModel):
         description="playbook path relative to the source root, e.g. `ping.yml`"
     )
     source: Source = Field(default_factory=BundledSource, description="where the playbook comes from")
-    inventory: (
-        Annotated[str, StringConstraints(min_length=1, max_length=512)] | dict[str, Any] | None
-    ) = Field(
-        default=None,
-        description="an inventory path inside the source, or an inline inventory in Ansible's YAML "
-        "inventory structure (`{\"all\": {\"hosts\": {...}}}`); none: Ansible's implicit localhost",
+    inventory: Annotated[str, StringConstraints(min_length=1, max_length=512)] | dict[str, Any] | None = (
+        Field(
+            default=None,
+            description="an inventory path inside the source, or an inline inventory in Ansible's YAML "
+            'inventory structure (`{"all": {"hosts": {...}}}`); none: Ansible\'s implicit localhost',
+        )
     )
     extra_vars: dict[str, Any] = Field(
         default_factory=dict, description="variables passed as data (never templated)"
@@ -87,7 +87,9 @@ class JobRequest(BaseModel):
     verbosity: int = Field(default=0, ge=0, le=4, description="0 to 4, as -v to -vvvv")
     forks: int | None = Field(default=None, ge=1, le=500, description="parallel hosts (--forks)")
     timeout: int | None = Field(
-        default=None, ge=1, description="wall-clock limit of the Ansible run in seconds (queue time not counted)"
+        default=None,
+        ge=1,
+        description="wall-clock limit of the Ansible run in seconds (queue time not counted)",
     )
     priority: Literal["high", "default", "low"] = Field(
         default="default", description="waiting runs start high first, then default, then low"

@@ -66,7 +66,10 @@ def host_stats(stats_event_data: dict[str, Any]) -> dict[str, dict[str, int]]:
     for key in _STAT_KEYS:
         hosts.update(stats_event_data.get(key) or {})
     return {
-        host: {ours: int((stats_event_data.get(theirs) or {}).get(host, 0)) for theirs, ours in _STAT_KEYS.items()}
+        host: {
+            ours: int((stats_event_data.get(theirs) or {}).get(host, 0))
+            for theirs, ours in _STAT_KEYS.items()
+        }
         for host in sorted(hosts)
     }
 

@@ -19,6 +19,7 @@ from service.models import Job
 from service.runner.events import EventChannel
 from service.runner.workspace import Workspace
 
+
 @dataclass(frozen=True)
 class RunOutcome:
     status: str

@@ -6,7 +6,7 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 import structlog
@@ -139,7 +139,7 @@ async def _watch_cancel(deps: WorkerDeps, job_id: str, cancel: threading.Event) 
     key = cancel_key(job_id)
     while not cancel.is_set():
         try:
-            if await deps.redis.blpop([key], timeout=5):
+            if await cast(Awaitable[Any], deps.redis.blpop([key], timeout=5)):
                 cancel.set()
                 return
         except (RedisError, OSError):
@@ -152,8 +152,9 @@ async def _watch_cancel(deps: WorkerDeps, job_id: str, cancel: threading.Event) 
             continue
 
 
-async def _run_in_thread(deps: WorkerDeps, job: Job, workspace: Workspace, channel: EventChannel,
-                         cancel: threading.Event) -> RunOutcome:
+async def _run_in_thread(
+    deps: WorkerDeps, job: Job, workspace: Workspace, channel: EventChannel, cancel: threading.Event
+) -> RunOutcome:
     done = threading.Event()
 
     def target() -> RunOutcome:
@@ -173,8 +174,9 @@ async def _run_in_thread(deps: WorkerDeps, job: Job, workspace: Workspace, chann
         raise
 
 
-def _final(outcome: RunOutcome, timeout: int, cancel: threading.Event,
-           stats: dict[str, dict[str, int]] | None) -> tuple[JobStatus, str | None]:
+def _final(
+    outcome: RunOutcome, timeout: int, cancel: threading.Event, stats: dict[str, dict[str, int]] | None
+) -> tuple[JobStatus, str | None]:
     status = outcome.status
     if status == "successful":
         return JobStatus.successful, None
@@ -183,7 +185,9 @@ def _final(outcome: RunOutcome, timeout: int, cancel: threading.Event,
     if status == "canceled" or cancel.is_set():
         return JobStatus.canceled, "canceled by request"
     if status == "failed":
-        bad = sorted(host for host, counts in (stats or {}).items() if counts["failures"] or counts["unreachable"])
+        bad = sorted(
+            host for host, counts in (stats or {}).items() if counts["failures"] or counts["unreachable"]
+        )
         where = f" (failed or unreachable: {', '.join(bad)})" if bad else ""
         return JobStatus.failed, f"ansible-playbook exited with rc {outcome.rc}{where}"
     return JobStatus.error, f"ansible-runner ended with status {status!r}"
@@ -229,8 +233,9 @@ async def execute_run(deps: WorkerDeps, job_id: str) -> None:
         except Exception as exc:
             log.exception("run failed inside the service")
             with anyio.CancelScope(shield=True):
-                await _finish(deps, job_id, JobStatus.error, None, f"internal error: {exc}", None,
-                              recorder.stored_seq)
+                await _finish(
+                    deps, job_id, JobStatus.error, None, f"internal error: {exc}", None, recorder.stored_seq
+                )
             return
         await recorder.complete(workspace)
         stats = host_stats(recorder.stats) if recorder.stats is not None else None
@@ -252,12 +257,26 @@ async def _finish_lost(deps: WorkerDeps, job_id: str, recorder: EventRecorder, w
         await recorder.complete(workspace)
     except Exception:
         log.exception("events of an interrupted run not fully stored")
-    await _finish(deps, job_id, JobStatus.error, None, "worker shut down before the run finished",
-                  host_stats(recorder.stats) if recorder.stats else None, recorder.stored_seq)
+    await _finish(
+        deps,
+        job_id,
+        JobStatus.error,
+        None,
+        "worker shut down before the run finished",
+        host_stats(recorder.stats) if recorder.stats else None,
+        recorder.stored_seq,
+    )
 
 
-async def _finish(deps: WorkerDeps, job_id: str, status: JobStatus, rc: int | None, reason: str | None,
-                  stats: dict[str, dict[str, int]] | None, event_count: int) -> None:
+async def _finish(
+    deps: WorkerDeps,
+    job_id: str,
+    status: JobStatus,
+    rc: int | None,
+    reason: str | None,
+    stats: dict[str, dict[str, int]] | None,
+    event_count: int,
+) -> None:
     async def write() -> bool:
         async with deps.sessions() as session:
             finished = await JobRepository(session).finish(

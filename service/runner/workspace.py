@@ -39,7 +39,9 @@ _UnsafeDumper.add_representer(dict, _represent_mapping)
 
 
 def dump_unsafe(data: Any) -> str:
-    return yaml.dump(data, Dumper=_UnsafeDumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
+    return yaml.dump(
+        data, Dumper=_UnsafeDumper, default_flow_style=False, allow_unicode=True, sort_keys=False
+    )
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class Workspace:
 
 
 def prepare(job: Job, settings: Settings) -> Workspace:
-    """Build the run's scratch directory. Paths are checked again: the source may have changed since submit."""
+    """Build the run's scratch directory. Paths are checked again: the source may have changed."""
     project_dir = settings.playbooks_dir
     resolve_playbook(project_dir, job.playbook)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
@@ -82,4 +84,6 @@ def prepare(job: Job, settings: Settings) -> Workspace:
     except BaseException:
         shutil.rmtree(private, ignore_errors=True)
         raise
-    return Workspace(private_data_dir=private, project_dir=project_dir, playbook=job.playbook, inventory=inventory)
+    return Workspace(
+        private_data_dir=private, project_dir=project_dir, playbook=job.playbook, inventory=inventory
+    )

@@ -10,7 +10,16 @@ import yaml
 from service.sources.paths import PLAYBOOK_SUFFIXES
 
 # Directories that hold roles, variables and inventories next to playbooks, not playbooks themselves.
-_NOT_PLAYBOOKS = {"roles", "group_vars", "host_vars", "vars", "inventory", "inventories", "files", "templates"}
+_NOT_PLAYBOOKS = {
+    "roles",
+    "group_vars",
+    "host_vars",
+    "vars",
+    "inventory",
+    "inventories",
+    "files",
+    "templates",
+}
 
 
 def list_playbooks(root: Path) -> list[tuple[str, str | None]]:
