@@ -59,6 +59,16 @@ class Settings(BaseSettings):
     # API.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     db_pool_size: int = Field(default=10, ge=1)
+    # Live output (GET /jobs/{id}/stream): a keep-alive comment this often; readers look at the database
+    # after `stream_recheck_interval` s without live news, and every `stream_poll_interval` s while Redis
+    # is unavailable.
+    stream_keepalive: float = Field(default=15, gt=0)
+    stream_recheck_interval: float = Field(default=15, gt=0)
+    stream_poll_interval: float = Field(default=1.0, gt=0)
+
+    # The `ars` command line client: where the API is, and the bearer token to send.
+    ars_url: str = "http://127.0.0.1:8000"
+    ars_token: str | None = None
 
     # Tests set this to keep ansible-runner's artifacts for inspection.
     keep_work_dirs: bool = False

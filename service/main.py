@@ -7,12 +7,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api import health, jobs
+from service.api import health, jobs, stream
 from service.api.auth import Authenticator
 from service.api.errors import install_error_handlers
 from service.api.limits import BodyLimitMiddleware
 from service.config import Settings, get_settings
 from service.db import create_engine, session_factory
+from service.live import LiveHub, create_live_redis
 from service.logging import configure_logging
 from service.queue import JobQueue, create_redis
 
@@ -34,9 +35,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessions = session_factory(engine)
         app.state.redis = redis
         app.state.queue = JobQueue(redis, settings)
+        # Blocking stream reads hold a connection each: they get a pool of their own.
+        live_redis = create_live_redis(settings)
+        app.state.live = LiveHub(live_redis)
         try:
             yield
         finally:
+            await app.state.live.close()
+            await live_redis.aclose()
             await redis.aclose()
             await engine.dispose()
 
@@ -50,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(stream.router)
     return app
 
 

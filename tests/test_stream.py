@@ -1,0 +1,232 @@
+"""GET /jobs/{id}/stream against a real uvicorn server and a real worker (httpx's ASGI transport buffers)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.conftest import (
+    Backends,
+    Stack,
+    StackFactory,
+    all_events,
+    free_port,
+    start_process,
+    submit,
+    wait_for,
+    wait_http,
+    wait_until,
+)
+from tests.sse import Message, messages, read_stream
+
+LOCAL3 = "inventory/local3.yml"
+# gate.yml on three hosts: these come before the hosts wait for the gate, the rest after it opens.
+BEFORE_GATE = 6
+
+
+@pytest.fixture(scope="module")
+def stream_stack(start_stack: StackFactory) -> Stack:
+    # A stack of its own: the tests read its process-wide stream counters.
+    return start_stack()
+
+
+@pytest.fixture(scope="module")
+def client(stream_stack: Stack) -> Iterator[httpx.Client]:
+    with stream_stack.client() as http:
+        yield http
+
+
+def gated_job(client: httpx.Client, tmp_path: Path, name: str = "gate") -> tuple[dict[str, Any], Path]:
+    gate = tmp_path / name
+    job = submit(client, {"playbook": "gate.yml", "inventory": LOCAL3, "extra_vars": {"gate": str(gate)}})
+    return job, gate
+
+
+def stats(client: httpx.Client) -> dict[str, int]:
+    response = client.get("/api/v1/streams")
+    assert response.status_code == 200, response.text
+    value: dict[str, int] = response.json()
+    return value
+
+
+def assert_complete(client: httpx.Client, job_id: str, received: list[Message], after: int = 0) -> None:
+    """`received` is every event after `after`, exactly once and in order, as /events has it, then `end`."""
+    stored = all_events(client, job_id)
+    assert [m.event for m in received[:-1]] == [e["event"] for e in stored[after:]]
+    assert [m.id for m in received[:-1]] == [str(e["seq"]) for e in stored[after:]]
+    assert [m.json() for m in received[:-1]] == stored[after:]
+    end = received[-1]
+    assert end.event == "end"
+    assert end.id is None
+    assert end.json() == client.get(f"/api/v1/jobs/{job_id}").json()
+    assert end.json()["status"] in {"successful", "failed", "canceled", "timeout", "error"}
+
+
+def test_running_job_streams_every_event_once_then_end(client: httpx.Client, tmp_path: Path) -> None:
+    job, gate = gated_job(client, tmp_path)
+    received: list[Message] = []
+    with client.stream("GET", f"/api/v1/jobs/{job['id']}/stream") as response:
+        assert response.status_code == 200
+        stream = messages(response.iter_lines())
+        received.extend(itertools.islice(stream, BEFORE_GATE))
+        # These arrived while the hosts still wait: live, not a replay after the end.
+        assert client.get(f"/api/v1/jobs/{job['id']}").json()["status"] == "running"
+        assert [m.event for m in received].count("runner_on_start") == 3
+        gate.touch()
+        received.extend(stream)
+    assert_complete(client, job["id"], received)
+    assert received[-1].json()["status"] == "successful"
+
+
+def test_resume_with_last_event_id_gets_exactly_the_rest(client: httpx.Client, tmp_path: Path) -> None:
+    job, gate = gated_job(client, tmp_path)
+    url = f"/api/v1/jobs/{job['id']}/stream"
+    with client.stream("GET", url) as response:
+        first = list(itertools.islice(messages(response.iter_lines()), 4))
+    assert [m.id for m in first] == ["1", "2", "3", "4"]
+    with client.stream("GET", url, headers={"Last-Event-ID": "4"}, params={"after": 1}) as response:
+        stream = messages(response.iter_lines())
+        rest = list(itertools.islice(stream, BEFORE_GATE - 4))
+        gate.touch()
+        rest.extend(stream)
+    assert_complete(client, job["id"], first + rest)
+    assert_complete(client, job["id"], rest, after=4)
+
+
+def test_finished_job_replays_and_ends(client: httpx.Client) -> None:
+    job = submit(client, {"playbook": "debug.yml", "inventory": LOCAL3})
+    assert wait_for(client, job["id"])["status"] == "successful"
+    assert_complete(client, job["id"], read_stream(client, job["id"]))
+    assert_complete(client, job["id"], read_stream(client, job["id"], after=5), after=5)
+    stored = all_events(client, job["id"])
+    tail = read_stream(client, job["id"], headers={"Last-Event-ID": str(len(stored))})
+    assert [m.event for m in tail] == ["end"]
+
+
+def test_failed_job_ends_with_its_status(client: httpx.Client) -> None:
+    job = submit(client, {"playbook": "fail_h2.yml", "inventory": LOCAL3})
+    received = read_stream(client, job["id"])
+    assert_complete(client, job["id"], received)
+    assert received[-1].json()["status"] == "failed"
+
+
+def test_stream_refuses_bad_input(client: httpx.Client) -> None:
+    missing = client.get("/api/v1/jobs/00000000-0000-0000-0000-000000000000/stream")
+    assert missing.status_code == 404
+    assert missing.json()["error"] == "NotFound"
+    job = submit(client, {"playbook": "debug.yml", "inventory": LOCAL3})
+    bad_id = client.get(f"/api/v1/jobs/{job['id']}/stream", headers={"Last-Event-ID": "x1"})
+    assert bad_id.status_code == 422
+    assert "Last-Event-ID" in bad_id.json()["detail"]
+    bad_after = client.get(f"/api/v1/jobs/{job['id']}/stream", params={"after": -1})
+    assert bad_after.status_code == 422
+    assert "after" in bad_after.json()["detail"]
+
+
+async def _read_all(http: httpx.AsyncClient, job_id: str) -> list[Message]:
+    async with http.stream("GET", f"/api/v1/jobs/{job_id}/stream") as response:
+        assert response.status_code == 200
+        lines: list[str] = [line async for line in response.aiter_lines()]
+    return list(messages(iter(lines)))
+
+
+def test_200_concurrent_readers_all_get_the_full_sequence(
+    client: httpx.Client, stream_stack: Stack, tmp_path: Path
+) -> None:
+    job, gate = gated_job(client, tmp_path)
+    readers = 200
+
+    async def main() -> list[list[Message]]:
+        limits = httpx.Limits(max_connections=readers + 10)
+        async with httpx.AsyncClient(base_url=stream_stack.base_url, timeout=120, limits=limits) as http:
+            tasks = [asyncio.create_task(_read_all(http, job["id"])) for _ in range(readers)]
+            deadline = asyncio.get_running_loop().time() + 60
+            while (await http.get("/api/v1/streams")).json()["readers"] < readers:
+                assert asyncio.get_running_loop().time() < deadline, "readers did not all connect"
+                await asyncio.sleep(0.05)
+            # One Redis read loop serves them all.
+            assert (await http.get("/api/v1/streams")).json()["read_loops"] == 1
+            gate.touch()
+            return await asyncio.gather(*tasks)
+
+    results = asyncio.run(main())
+    assert len(results) == readers
+    for received in results:
+        assert_complete(client, job["id"], received)
+
+
+def live_connections(backends: Backends, api_pid: int) -> int:
+    server = redis.Redis.from_url(backends.redis_url)
+    try:
+        return sum(1 for entry in server.client_list() if entry.get("name") == f"ars-live-{api_pid}")
+    finally:
+        server.close()
+
+
+def test_disconnected_readers_leave_no_tasks_or_redis_connections(
+    client: httpx.Client, stream_stack: Stack, backends: Backends, tmp_path: Path
+) -> None:
+    api_pid = stream_stack.processes[0].pid
+    wait_until(lambda: stats(client)["readers"] == 0, "earlier readers to go")
+    before = stats(client)
+    connections_before = live_connections(backends, api_pid)
+    jobs = [gated_job(client, tmp_path, f"gate{index}") for index in range(3)]
+    streams = []
+    for job, _ in jobs:
+        for _ in range(5):
+            context = client.stream("GET", f"/api/v1/jobs/{job['id']}/stream")
+            stream = messages(context.__enter__().iter_lines())
+            # Keep the generator: closing it would close the response.
+            streams.append((context, stream))
+            assert next(stream).id == "1"
+    during = stats(client)
+    assert during["readers"] == 15
+    assert during["read_loops"] == 3
+    # Each read loop blocks in XREAD on a connection of its own (idle pooled ones are reused).
+    assert live_connections(backends, api_pid) >= 3
+    for context, _ in streams:
+        context.__exit__(None, None, None)
+    wait_until(lambda: stats(client) == before, f"stream counters back to {before}", deadline_s=10)
+    wait_until(
+        lambda: live_connections(backends, api_pid) <= connections_before,
+        "the read loops' Redis connections to close",
+        deadline_s=10,
+    )
+    for _, gate in jobs:
+        gate.touch()
+
+
+def test_without_redis_the_stream_reads_the_database(
+    client: httpx.Client, stream_stack: Stack, tmp_path: Path
+) -> None:
+    # A second API on the same database whose Redis does not answer; the worker publishes to the real one.
+    port = free_port()
+    env = {**stream_stack.env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "STREAM_POLL_INTERVAL": "0.2"}
+    log = tmp_path / "api-no-redis.log"
+    process = start_process(
+        [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        log,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", process, log)
+        job, gate = gated_job(client, tmp_path)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as no_redis:
+            with no_redis.stream("GET", f"/api/v1/jobs/{job['id']}/stream") as response:
+                assert response.status_code == 200
+                stream = messages(response.iter_lines())
+                received = list(itertools.islice(stream, BEFORE_GATE))
+                gate.touch()
+                received.extend(stream)
+        assert_complete(client, job["id"], received)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
