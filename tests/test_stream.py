@@ -209,7 +209,11 @@ def test_without_redis_the_stream_reads_the_database(
 ) -> None:
     # A second API on the same database whose Redis does not answer; the worker publishes to the real one.
     port = free_port()
-    env = {**stream_stack.env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "STREAM_POLL_INTERVAL": "0.2"}
+    env = {
+        **stream_stack.env,
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "STREAM_POLL_INTERVAL": "0.2",
+    }
     log = tmp_path / "api-no-redis.log"
     process = start_process(
         [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)],
@@ -219,13 +223,15 @@ def test_without_redis_the_stream_reads_the_database(
     try:
         wait_http(f"http://127.0.0.1:{port}/health", process, log)
         job, gate = gated_job(client, tmp_path)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as no_redis:
-            with no_redis.stream("GET", f"/api/v1/jobs/{job['id']}/stream") as response:
-                assert response.status_code == 200
-                stream = messages(response.iter_lines())
-                received = list(itertools.islice(stream, BEFORE_GATE))
-                gate.touch()
-                received.extend(stream)
+        with (
+            httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as no_redis,
+            no_redis.stream("GET", f"/api/v1/jobs/{job['id']}/stream") as response,
+        ):
+            assert response.status_code == 200
+            stream = messages(response.iter_lines())
+            received = list(itertools.islice(stream, BEFORE_GATE))
+            gate.touch()
+            received.extend(stream)
         assert_complete(client, job["id"], received)
     finally:
         process.terminate()
