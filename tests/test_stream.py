@@ -166,7 +166,8 @@ def test_200_concurrent_readers_all_get_the_full_sequence(
 def live_connections(backends: Backends, api_pid: int) -> int:
     server = redis.Redis.from_url(backends.redis_url)
     try:
-        return sum(1 for entry in server.client_list() if entry.get("name") == f"ars-live-{api_pid}")
+        clients: list[dict[str, str]] = server.client_list()  # type: ignore[assignment]
+        return sum(entry.get("name") == f"ars-live-{api_pid}" for entry in clients)
     finally:
         server.close()
 
