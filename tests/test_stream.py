@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sys
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,13 @@ import httpx
 import pytest
 import redis
 
+from service.config import Settings
+from service.db import create_engine, session_factory
+from service.jobs.follow import FollowItem, FollowTiming, JobEnd, follow_job
+from service.jobs.repository import EventRepository, JobRepository
+from service.live import LiveEvent, LiveHub, create_live_redis, publish_end, publish_events
+from service.models import Job, JobStatus
+from service.runner.events import to_row
 from tests.conftest import (
     Backends,
     Stack,
@@ -28,6 +37,19 @@ from tests.conftest import (
 from tests.sse import Message, messages, read_stream
 
 LOCAL3 = "inventory/local3.yml"
+JOB_FIELDS: dict[str, Any] = {
+    "playbook": "debug.yml",
+    "source": {"type": "bundled"},
+    "extra_vars": {},
+    "tags": [],
+    "skip_tags": [],
+    "check": False,
+    "diff": False,
+    "verbosity": 0,
+    "priority": "default",
+    "labels": {},
+    "created_at": datetime.now(UTC).replace(tzinfo=None),
+}
 # gate.yml on three hosts: these come before the hosts wait for the gate, the rest after it opens.
 BEFORE_GATE = 6
 
@@ -237,3 +259,64 @@ def test_without_redis_the_stream_reads_the_database(
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("published", "max_pending"),
+    [
+        pytest.param(range(9, 11), 10_000, id="trimmed-stream"),
+        pytest.param(range(4, 11), 2, id="reader-fell-behind"),
+    ],
+)
+def test_gaps_in_the_live_stream_are_filled_from_the_database(
+    stream_stack: Stack, backends: Backends, published: range, max_pending: int
+) -> None:
+    """Events 4..10 are stored but the reader sees only some of them live: it reads the rest back."""
+    settings = Settings(database_url=stream_stack.database_url, redis_url=backends.redis_url)
+    job_id = str(uuid.uuid4())
+
+    def rows(seqs: range) -> list[dict[str, Any]]:
+        return [
+            to_row(
+                job_id, {"counter": seq, "event": "runner_on_ok", "stdout": f"line {seq}", "event_data": {}}
+            )
+            for seq in seqs
+        ]
+
+    async def main() -> list[FollowItem]:
+        engine = create_engine(settings)
+        sessions = session_factory(engine)
+        live_redis = create_live_redis(settings)
+        hub = LiveHub(live_redis, max_pending=max_pending)
+        async with sessions() as session:
+            await JobRepository(session).add(Job(id=job_id, status="running", **JOB_FIELDS))
+            await EventRepository(session).add_batch(job_id, rows(range(1, 4)), 3)
+            await session.commit()
+        timing = FollowTiming(recheck_s=120, poll_s=120)
+        follow = follow_job(sessions, hub, job_id, after=0, timing=timing)
+        received = [await anext(follow) for _ in range(3)]
+        async with sessions() as session:
+            await EventRepository(session).add_batch(job_id, rows(range(4, 11)), 10)
+            await session.commit()
+        events = [{k: v for k, v in row.items() if k != "job_id"} for row in rows(published)]
+        await publish_events(live_redis, job_id, events, maxlen=100)
+        received += [await anext(follow) for _ in range(7)]
+        async with sessions() as session:
+            await JobRepository(session).finish(
+                job_id, status=JobStatus.successful, rc=0, reason=None, host_stats={}, event_count=10
+            )
+            await session.commit()
+        await publish_end(live_redis, job_id, 10, ttl=60)
+        received.append(await anext(follow))
+        await follow.aclose()
+        assert hub.readers == 0
+        await hub.close()
+        await live_redis.aclose()
+        await engine.dispose()
+        return received
+
+    received = asyncio.run(main())
+    assert [item.seq for item in received[:-1] if isinstance(item, LiveEvent)] == list(range(1, 11))
+    end = received[-1]
+    assert isinstance(end, JobEnd)
+    assert end.job.status == "successful"

@@ -8,7 +8,7 @@ session is held only for one read, never across a wait.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -71,7 +71,7 @@ async def follow_job(
     *,
     after: int,
     timing: FollowTiming,
-) -> AsyncIterator[FollowItem]:
+) -> AsyncGenerator[FollowItem, None]:
     """Every event with seq > `after`, exactly once and in order, then the finished job."""
     last = after
     async with hub.subscribe(job_id) as live:
