@@ -1,9 +1,14 @@
-"""`ars`: the service's command line. `ars dev` runs everything on one machine."""
+"""`ars`: the service's command line.
+
+`ars dev` runs everything on one machine; `ars migrate` upgrades the database. The client commands (`run`,
+`jobs`, `show`, `logs`, `cancel`) talk to the API at `ARS_URL` with the bearer token `ARS_TOKEN`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import signal
 import socket
 import subprocess
@@ -12,11 +17,15 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any, NoReturn, TextIO
 
 import redis
+import yaml
 
+from service.ansi import strip_ansi
+from service.client import ApiClient, StreamMessage
 from service.config import Settings, child_environment, get_settings
-from service.errors import ConfigurationError
+from service.errors import ClientError, ConfigurationError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -157,23 +166,302 @@ def dev(port: int) -> int:
     return 0
 
 
+EXIT_OK = 0  # the job succeeded (or the command did what it was asked)
+EXIT_ERROR = 1  # the command could not be carried out: API unreachable, request refused, bad configuration
+EXIT_FAILED = 2  # Ansible ran and failed: failed or unreachable hosts (as ansible-playbook)
+EXIT_CANCELED = 3  # the job was canceled
+EXIT_TIMEOUT = 4  # the job ran past its timeout
+EXIT_JOB_ERROR = 5  # the service could not carry the run through (see the job's reason)
+EXIT_USAGE = 64  # wrong command line
+EXIT_DETACHED = 130  # Ctrl-C, then "detach": the job goes on
+EXIT_BY_STATUS = {
+    "successful": EXIT_OK,
+    "failed": EXIT_FAILED,
+    "canceled": EXIT_CANCELED,
+    "timeout": EXIT_TIMEOUT,
+    "error": EXIT_JOB_ERROR,
+}
+
+
+_EXIT_CODES = f"""exit codes (run --follow and logs --follow exit with the job's result):
+  {EXIT_OK}    success
+  {EXIT_ERROR}    the command could not be carried out (API unreachable, request refused)
+  {EXIT_FAILED}    Ansible failed: failed or unreachable hosts
+  {EXIT_CANCELED}    the job was canceled
+  {EXIT_TIMEOUT}    the job ran past its timeout
+  {EXIT_JOB_ERROR}    the service could not carry the run through (see the job's reason)
+  {EXIT_USAGE}   wrong command line
+  {EXIT_DETACHED}  Ctrl-C, then detach: the job goes on"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _load_file(reference: str, what: str) -> Any:
+    path = Path(reference.removeprefix("@")).expanduser()
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ClientError(f"{what}: cannot read {path}: {exc}") from None
+
+
+def _extra_vars(values: Sequence[str]) -> dict[str, Any]:
+    """`-e` as ansible-playbook takes it: key=value, a JSON object, or @file (JSON or YAML)."""
+    merged: dict[str, Any] = {}
+    for value in values:
+        if value.startswith("@"):
+            loaded = _load_file(value, "-e")
+        elif value.lstrip().startswith("{"):
+            try:
+                loaded = json.loads(value)
+            except ValueError as exc:
+                raise ClientError(f"-e: not a JSON object: {exc}") from None
+        else:
+            key, sep, item = value.partition("=")
+            if not sep or not key:
+                raise ClientError(f"-e: expected key=value, a JSON object or @file, got {value!r}")
+            loaded = {key: item}
+        if not isinstance(loaded, dict):
+            raise ClientError(f"-e {value}: the variables must be an object (key: value)")
+        merged.update(loaded)
+    return merged
+
+
+def _split(values: Sequence[str]) -> list[str]:
+    return [item for value in values for item in value.split(",") if item]
+
+
+def _run_request(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"playbook": args.playbook}
+    if args.inventory:
+        inline = args.inventory.startswith("@")
+        body["inventory"] = _load_file(args.inventory, "--inventory") if inline else args.inventory
+    if args.extra_vars:
+        body["extra_vars"] = _extra_vars(args.extra_vars)
+    if args.source_repo:
+        body["source"] = {"type": "git", "repo": args.source_repo, "ref": args.ref or "main"}
+    elif args.ref:
+        raise ClientError("--ref needs --source-repo")
+    optional = {
+        "limit": args.limit,
+        "tags": _split(args.tags),
+        "skip_tags": _split(args.skip_tags),
+        "check": args.check,
+        "diff": args.diff,
+        "verbosity": args.verbose,
+        "timeout": args.timeout,
+        "priority": args.priority,
+    }
+    body.update({key: value for key, value in optional.items() if value})
+    return body
+
+
+class _Output:
+    """What the client commands print: Ansible's own output for people, JSON lines for scripts."""
+
+    def __init__(self, as_json: bool, out: TextIO = sys.stdout) -> None:
+        self.as_json = as_json
+        self.out = out
+        self.ansi = out.isatty()
+
+    def write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def json(self, value: Any) -> None:
+        self.write(json.dumps(value) + "\n")
+
+    def event(self, message: StreamMessage) -> None:
+        if self.as_json:
+            self.json(message.data)
+            return
+        stdout = str(message.data.get("stdout") or "").replace("\r\n", "\n")
+        if stdout:
+            self.write((stdout if self.ansi else strip_ansi(stdout)) + "\n")
+
+    def end(self, job: dict[str, Any]) -> int:
+        if self.as_json:
+            self.json(job)
+        else:
+            _say(_summary(job))
+        return EXIT_BY_STATUS.get(job["status"], EXIT_JOB_ERROR)
+
+
+def _summary(job: dict[str, Any]) -> str:
+    rc = f", rc {job['rc']}" if job.get("rc") is not None else ""
+    reason = f": {job['reason']}" if job.get("reason") else ""
+    return f"ars: job {job['id']} {job['status']}{rc}{reason}"
+
+
+def _ask_cancel(job_id: str) -> bool:
+    _say(f"\nars: interrupted. Cancel job {job_id} [c], or detach and leave it running [d]? ")
+    try:
+        answer = sys.stdin.readline()
+    except KeyboardInterrupt:
+        return False
+    return answer.strip().lower().startswith("c")
+
+
+def _follow(client: ApiClient, job_id: str, output: _Output) -> int:
+    """Print the job's output as it happens; Ctrl-C asks whether to cancel the job or detach."""
+    after = 0
+    canceling = False
+    while True:
+        try:
+            for message in client.stream(job_id, after=after):
+                if message.event == "end":
+                    return output.end(message.data)
+                output.event(message)
+                after = message.seq or after
+        except KeyboardInterrupt:
+            if canceling or not _ask_cancel(job_id):
+                _say(f"ars: detached; job {job_id} goes on. Follow it again: ars logs {job_id} --follow")
+                return EXIT_DETACHED
+            canceling = True
+            try:
+                client.cancel(job_id)
+                _say("ars: cancel requested; following the run to its end")
+            except ClientError as exc:
+                _say(f"ars: {exc.detail}")
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return "".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n"
+        for row in rows
+    )
+
+
+def _job_text(job: dict[str, Any]) -> str:
+    fields = ["id", "status", "playbook", "rc", "reason", "created_at", "started_at", "finished_at"]
+    lines = [f"{name + ':':13}{job[name]}" for name in fields if job.get(name) is not None]
+    lines.append(f"{'events:':13}{job['event_count']}")
+    text = "\n".join(lines) + "\n"
+    if job.get("host_stats"):
+        keys = ["ok", "changed", "unreachable", "failures", "skipped", "rescued", "ignored"]
+        rows = [["HOST", *(key.upper() for key in keys)]]
+        rows += [[host, *(str(counts[key]) for key in keys)] for host, counts in job["host_stats"].items()]
+        text += "\n" + _table(rows)
+    return text
+
+
+def client_command(args: argparse.Namespace, settings: Settings) -> int:
+    output = _Output(args.json)
+    client = ApiClient(settings.ars_url, settings.ars_token)
+    try:
+        if args.command == "run":
+            job = client.submit(_run_request(args))
+            if args.follow:
+                if not args.json:
+                    _say(f"ars: job {job['id']} queued")
+                return _follow(client, job["id"], output)
+            if args.json:
+                output.json(job)
+            else:
+                output.write(job["id"] + "\n")
+                _say(f"ars: job {job['id']} queued; follow it with: ars logs {job['id']} --follow")
+        elif args.command == "jobs":
+            params = {"status": args.status, "playbook": args.playbook, "limit": args.limit}
+            jobs = client.jobs({key: value for key, value in params.items() if value})
+            if args.json:
+                output.json(jobs)
+            elif jobs:
+                rows = [["ID", "STATUS", "CREATED", "RC", "PLAYBOOK"]]
+                rows += [
+                    [job["id"], job["status"], job["created_at"][:19], _text(job["rc"]), job["playbook"]]
+                    for job in jobs
+                ]
+                output.write(_table(rows))
+        elif args.command == "show":
+            job = client.job(args.id)
+            if args.json:
+                output.json(job)
+            else:
+                output.write(_job_text(job))
+        elif args.command == "cancel":
+            job = client.cancel(args.id)
+            if args.json:
+                output.json(job)
+            else:
+                _say(f"ars: job {job['id']} {job['status']}: cancel requested")
+        elif args.follow:
+            return _follow(client, args.id, output)
+        else:
+            output.write(client.stdout(args.id, ansi=output.ansi))
+        return EXIT_OK
+    finally:
+        client.close()
+
+
+def _client_parsers(commands: Any) -> None:
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON for scripts")
+    run = commands.add_parser("run", parents=[as_json], help="run a playbook through the API")
+    run.add_argument("playbook", help="playbook path inside the source (the bundled playbooks by default)")
+    run.add_argument("-i", "--inventory", help="inventory path inside the source, or @file for an inline one")
+    run.add_argument(
+        "-e", "--extra-vars", action="append", default=[], help="key=value, a JSON object or @file.json/yml"
+    )
+    run.add_argument("-l", "--limit", help="host pattern")
+    run.add_argument("-t", "--tags", action="append", default=[], help="comma separated, repeatable")
+    run.add_argument("--skip-tags", action="append", default=[], help="comma separated, repeatable")
+    run.add_argument("-C", "--check", action="store_true", help="check mode: change nothing")
+    run.add_argument("-D", "--diff", action="store_true", help="show diffs")
+    run.add_argument("-v", "--verbose", action="count", default=0, help="more Ansible output (up to -vvvv)")
+    run.add_argument("--timeout", type=int, help="seconds the run may take")
+    run.add_argument("--priority", choices=["high", "default", "low"])
+    run.add_argument("--source-repo", metavar="URL", help="a Git repository on a configured provider")
+    run.add_argument("--ref", help="branch, tag or commit of --source-repo (default: main)")
+    run.add_argument(
+        "-f", "--follow", action="store_true", help="print the output live, exit with the result"
+    )
+    jobs = commands.add_parser("jobs", parents=[as_json], help="list jobs, newest first")
+    jobs.add_argument("--status", action="append", help="repeatable")
+    jobs.add_argument("--playbook")
+    jobs.add_argument("--limit", type=int, default=20)
+    for name, text in [
+        ("show", "a job and its per-host results"),
+        ("cancel", "cancel a queued or running job"),
+    ]:
+        commands.add_parser(name, parents=[as_json], help=text).add_argument("id")
+    logs = commands.add_parser("logs", parents=[as_json], help="a job's output (--follow: live)")
+    logs.add_argument("id")
+    logs.add_argument("-f", "--follow", action="store_true", help="follow the output live until the job ends")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ars", description="ansible-runner-service")
+    parser = _Parser(
+        prog="ars",
+        description="ansible-runner-service. Client commands use ARS_URL and ARS_TOKEN.",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     dev_parser = commands.add_parser(
         "dev", help="run the API, a worker and (if needed) Redis on this machine"
     )
     dev_parser.add_argument("--port", type=int, default=8000)
     commands.add_parser("migrate", help="upgrade the database to the latest schema (alembic upgrade head)")
+    _client_parsers(commands)
     args = parser.parse_args(argv)
     try:
         if args.command == "dev":
             return dev(args.port)
-        migrate(get_settings())
-        return 0
-    except ConfigurationError as exc:
+        if args.command == "migrate":
+            migrate(get_settings())
+            return EXIT_OK
+        return client_command(args, get_settings())
+    except (ConfigurationError, ClientError) as exc:
         _say(f"ars: {exc.detail}")
-        return 2
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -47,3 +47,7 @@ class Forbidden(ServiceError):
 
 class Unavailable(ServiceError):
     status_code = 503
+
+
+class ClientError(ServiceError):
+    """The `ars` client got no usable answer from the API (unreachable, or it answered with an error)."""

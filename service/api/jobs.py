@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from service.ansi import strip_ansi
 from service.api.auth import ReadAccess, RunAccess
 from service.api.deps import QueueDep, SessionDep, SettingsDep
 from service.errors import InvalidRequest
@@ -30,7 +31,6 @@ from service.sources.bundled import list_playbooks
 
 router = APIRouter(prefix="/api/v1")
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 JobId = Annotated[str, "job id"]
 
@@ -138,7 +138,7 @@ async def job_stdout(
                 return
             after = page[-1][0]
             text = "".join(stdout.replace("\r\n", "\n") + "\n" for _, stdout in page if stdout)
-            yield text if ansi else _ANSI.sub("", text)
+            yield text if ansi else strip_ansi(text)
 
     return StreamingResponse(chunks(), media_type="text/plain; charset=utf-8")
 

@@ -141,10 +141,12 @@ class EventRepository:
 
     async def add_batch(self, job_id: str, rows: Sequence[dict[str, Any]], event_count: int) -> None:
         """Insert a batch of events in one statement and move the job's live event count."""
-        await self.session.execute(sa.insert(JobEvent), list(rows))
+        # The job row is locked first: inserting events first takes a shared lock on it (the foreign key)
+        # that the UPDATE then upgrades, and a concurrent cancel's UPDATE makes that a deadlock on MariaDB.
         await self.session.execute(
             sa.update(Job).where(col(Job.id) == job_id).values(event_count=event_count)
         )
+        await self.session.execute(sa.insert(JobEvent), list(rows))
 
     async def max_seq(self, job_id: str) -> int:
         result = await self.session.execute(
