@@ -4,7 +4,7 @@ Starts a real API process (uvicorn) on MariaDB (or SQLite) and Redis (local, or 
 1, 50 and 200 readers of one running job: opens the readers (GET /jobs/{id}/stream, in a separate
 process), and stores events one at a time the way the worker's recorder does (INSERT + commit, then XADD),
 `--rate` per second. Prints per reader count the p50/p99/max latency from the commit to the reader's
-receipt, and the CPU the API process spent while serving them (100 % = one core).
+receipt, and the CPU the API process (and the process of the readers) spent meanwhile (100 % = one core).
 
     python -m bench.stream [--events 200] [--rate 20] [--readers 1,50,200]
 
@@ -211,15 +211,20 @@ def main() -> None:
                 f"stream latency: {args.events} events at {args.rate:g}/s, one event per commit; {described};"
                 f" {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
             )
-            print(f"{'readers':>8} {'received':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'API CPU':>8}")
+            print(
+                f"{'readers':>8} {'received':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'API CPU':>8}"
+                f" {'reader CPU':>11}"
+            )
             with httpx.Client(base_url=base_url, timeout=30) as client:
                 for count in (int(value) for value in args.readers.split(",")):
                     job_id = asyncio.run(_create_job(settings))
                     readers = _reader_process(base_url, job_id, count)
                     _wait_readers(client, count, readers)
-                    cpu_before, wall_before = _cpu_seconds(api.pid), time.monotonic()
+                    before = _cpu_seconds(api.pid), _cpu_seconds(readers.pid), time.monotonic()
                     stored = asyncio.run(_write_run(settings, job_id, args.events, args.rate))
-                    cpu = (_cpu_seconds(api.pid) - cpu_before) / (time.monotonic() - wall_before)
+                    wall = time.monotonic() - before[2]
+                    api_cpu = (_cpu_seconds(api.pid) - before[0]) / wall
+                    reader_cpu = (_cpu_seconds(readers.pid) - before[1]) / wall
                     output, _ = readers.communicate(timeout=300)
                     results: list[list[tuple[int, float]]] = json.loads(output)
                     latencies = [(at - stored[seq]) * 1000 for result in results for seq, at in result]
@@ -228,7 +233,8 @@ def main() -> None:
                     )
                     print(
                         f"{count:>8} {f'{complete}/{count}':>9} {statistics.median(latencies):>8.1f}"
-                        f" {_percentile(latencies, 0.99):>8.1f} {max(latencies):>8.1f} {cpu * 100:>7.0f}%",
+                        f" {_percentile(latencies, 0.99):>8.1f} {max(latencies):>8.1f} {api_cpu * 100:>7.0f}%"
+                        f" {reader_cpu * 100:>10.0f}%",
                         flush=True,
                     )
         finally:
