@@ -57,7 +57,7 @@ BEFORE_GATE = 6
 @pytest.fixture(scope="module")
 def stream_stack(start_stack: StackFactory) -> Stack:
     # A stack of its own: the tests read its process-wide stream counters.
-    return start_stack()
+    return start_stack(STREAM_KEEPALIVE="0.5")
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +106,17 @@ def test_running_job_streams_every_event_once_then_end(client: httpx.Client, tmp
         received.extend(stream)
     assert_complete(client, job["id"], received)
     assert received[-1].json()["status"] == "successful"
+
+
+def test_a_quiet_stream_gets_keepalive_comments(client: httpx.Client, tmp_path: Path) -> None:
+    job, gate = gated_job(client, tmp_path)
+    with client.stream("GET", f"/api/v1/jobs/{job['id']}/stream") as response:
+        lines = response.iter_lines()
+        # The hosts wait at the gate: nothing but keep-alives can come now.
+        assert any(line.startswith(": ping") for line in lines)
+        gate.touch()
+        rest = list(messages(lines))
+    assert rest[-1].event == "end"
 
 
 def test_resume_with_last_event_id_gets_exactly_the_rest(client: httpx.Client, tmp_path: Path) -> None:
