@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     stream_ttl_after_end: int = Field(default=3600, ge=1)
     # How long the worker keeps retrying a database write before giving up on it.
     db_retry_for: float = Field(default=120, gt=0)
+    # A running job whose worker has not been heard of for this long is ended as "worker lost".
+    worker_lost_after: int = Field(default=60, ge=3)
+    # Finished jobs and their events older than this are deleted (0: keep everything).
+    retention_days: int = Field(default=30, ge=0)
     sweep_interval: int = Field(default=10, ge=1, le=60)
 
     # API.

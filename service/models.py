@@ -72,6 +72,8 @@ class Job(SQLModel, table=True):
     )
     event_count: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False))
     worker_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(128), nullable=True))
+    # Moved forward by the worker while the run goes on; a running job whose heartbeat stops is reaped.
+    heartbeat_at: datetime | None = Field(default=None, sa_column=sa.Column(Timestamp, nullable=True))
     cancel_requested: bool = Field(default=False, sa_column=sa.Column(sa.Boolean, nullable=False))
 
 

@@ -161,6 +161,16 @@ class Stack:
         engine.dispose()
         return count
 
+    def add_worker(self, name: str, **overrides: str) -> subprocess.Popen[bytes]:
+        """Another worker process on this stack's queue, with some settings changed."""
+        process = start_process(
+            [sys.executable, "-m", "arq", "service.worker.WorkerSettings"],
+            {**self.env, **overrides},
+            self.logs / f"{name}.log",
+        )
+        self.processes.append(process)
+        return process
+
     def stop(self) -> None:
         for process in self.processes:
             if process.poll() is None:
@@ -217,14 +227,14 @@ def start_stack(backends: Backends, tmp_path_factory: pytest.TempPathFactory) ->
     """Starts stacks on demand (each with its own database and queue) and stops them at the end."""
     started: list[tuple[Stack, Callable[[], None]]] = []
 
-    def start(*, sqlite: bool = False, workers: int = 1, **extra: str) -> Stack:
+    def start(*, sqlite: bool = False, workers: int = 1, redis_url: str | None = None, **extra: str) -> Stack:
         tmp = tmp_path_factory.mktemp("stack")
         server = f"sqlite+aiosqlite:///{tmp / 'server.db'}" if sqlite else backends.database_server_url
         database_url, drop = fresh_database(server, tmp)
         migrate(Settings(database_url=database_url))
         work_dir = tmp / "work"
         work_dir.mkdir()
-        env = service_env(database_url, backends.redis_url, work_dir, **extra)
+        env = service_env(database_url, redis_url or backends.redis_url, work_dir, **extra)
         port = free_port()
         stack = Stack(f"http://127.0.0.1:{port}", database_url, env, work_dir, tmp)
         started.append((stack, drop))
@@ -236,13 +246,7 @@ def start_stack(backends: Backends, tmp_path_factory: pytest.TempPathFactory) ->
         )
         stack.processes.append(api)
         for index in range(workers):
-            stack.processes.append(
-                start_process(
-                    [sys.executable, "-m", "arq", "service.worker.WorkerSettings"],
-                    env,
-                    tmp / f"worker{index}.log",
-                )
-            )
+            stack.add_worker(f"worker{index}")
         wait_http(f"{stack.base_url}/health", api, api_log)
         return stack
 
