@@ -25,7 +25,8 @@ def _insert_job(
         sa.text(
             "INSERT INTO job (id, status, playbook, source, extra_vars, tags, skip_tags, `check`, diff,"
             " verbosity, priority, labels, created_at, finished_at, event_count, cancel_requested)"
-            " VALUES (:id, :status, 'p.yml', '{}', '{}', '[]', '[]', 0, 0, 0, 'default', '{}', :created, :finished, :events, 0)"
+            " VALUES (:id, :status, 'p.yml', '{}', '{}', '[]', '[]', 0, 0, 0, 'default', '{}', :created,"
+            " :finished, :events, 0)"
         ),
         {
             "id": job_id,
