@@ -82,7 +82,7 @@ def test_retention_deletes_only_old_finished_jobs(backends: Backends, tmp_path: 
         assert asyncio.run(purge()) == (3, 1234 + 3 + 1)
         with engine.connect() as connection:
             jobs = set(connection.execute(sa.text("SELECT id FROM job")).scalars())
-            events = dict(
+            events: dict[str, int] = dict(
                 connection.execute(sa.text("SELECT job_id, COUNT(*) FROM job_event GROUP BY job_id")).all()
             )
         engine.dispose()
