@@ -245,6 +245,7 @@ def test_redis_down_jobs_are_stored_then_run_when_it_returns(
             assert client.get("/ready").status_code == 200
             assert_events_complete(client, done)
             assert probe.runs == 1
+            stop(worker)  # while its Redis is still there: a stopping worker waits for Redis too
     finally:
         redis_server.stop()
 
