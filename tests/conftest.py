@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,8 +25,9 @@ import sqlalchemy as sa
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from service.cli import embedded_redis, migrate
+from service.cli import migrate
 from service.config import Settings
+from service.embedded import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_PLAYBOOKS = ROOT / "tests" / "playbooks"
@@ -97,7 +97,7 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
     if redis_url is None and _redis_answers(LOCAL_REDIS):
         redis_url = LOCAL_REDIS
     given = contextlib.nullcontext(redis_url) if redis_url else None
-    with given or embedded_redis(tmp_path_factory.mktemp("redis")) as url:
+    with given or EmbeddedRedis(tmp_path_factory.mktemp("redis")) as url:
         if env.require_services and url != redis_url:
             pytest.fail("TEST_REQUIRE_SERVICES is set but no Redis answers")
         yield Backends(database, url, f"database {make_url(database).drivername}, redis {url}")
@@ -129,12 +129,6 @@ def fresh_database(server_url: str, tmp: Path) -> tuple[str, Callable[[], None]]
         admin.dispose()
 
     return url.set(database=name).render_as_string(hide_password=False), drop
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

