@@ -17,18 +17,20 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.cron import cron
 from arq.worker import func
 
-from service.config import get_settings
+from service.config import drop_secrets_from_environment, get_settings
 from service.db import create_engine, session_factory
 from service.jobs import service as jobs
 from service.logging import configure_logging
 from service.queue import RUN_JOB, JobQueue
 from service.runner.pipeline import WorkerDeps, execute_run
+from service.sources.git import MirrorCache
 
 log = structlog.get_logger(__name__)
 
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings = get_settings()
+    drop_secrets_from_environment(settings)
     configure_logging(settings)
     # arq's CLI gives its logger a handler of its own; ours formats everything once.
     logging.getLogger("arq").handlers.clear()
@@ -42,6 +44,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         redis=redis,
         worker_id=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
         limiter=anyio.CapacityLimiter(settings.worker_max_jobs),
+        mirrors=MirrorCache(settings),
     )
     ctx["queue"] = JobQueue(redis, settings)
     log.info("worker started", worker_id=ctx["deps"].worker_id, max_jobs=settings.worker_max_jobs)

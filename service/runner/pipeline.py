@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import anyio
@@ -23,7 +25,8 @@ from service.models import Job, JobStatus
 from service.queue import cancel_key
 from service.runner.events import STATS_EVENT, EventChannel, host_stats, read_event_files, to_row
 from service.runner.execute import RunOutcome, run_ansible
-from service.runner.workspace import Workspace, prepare
+from service.runner.workspace import Workspace, create_private_dir, fetch_source, prepare
+from service.sources.git import MirrorCache
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -39,6 +42,7 @@ class WorkerDeps:
     redis: ArqRedis
     worker_id: str
     limiter: anyio.CapacityLimiter
+    mirrors: MirrorCache
 
 
 async def retry_db(deps: WorkerDeps, what: str, operation: Callable[[], Awaitable[T]]) -> T:
@@ -206,11 +210,8 @@ async def execute_run(deps: WorkerDeps, job_id: str) -> None:
         log.info("not claimed: canceled or taken by another worker")
         return
     log.info("run started", playbook=job.playbook)
-    try:
-        workspace = await anyio.to_thread.run_sync(prepare, job, deps.settings)
-    except (ServiceError, OSError) as exc:
-        detail = exc.detail if isinstance(exc, ServiceError) else str(exc)
-        await _finish(deps, job_id, JobStatus.error, None, f"could not prepare the run: {detail}", None, 0)
+    workspace = await _prepare(deps, job)
+    if workspace is None:
         return
 
     recorder = EventRecorder(deps, job_id)
@@ -245,6 +246,35 @@ async def execute_run(deps: WorkerDeps, job_id: str) -> None:
     finally:
         if not deps.settings.keep_work_dirs:
             await anyio.to_thread.run_sync(workspace.remove)
+
+
+async def _prepare(deps: WorkerDeps, job: Job) -> Workspace | None:
+    """The run's workspace, or None after ending the run as `error` with a reason for a person."""
+    private = await anyio.to_thread.run_sync(create_private_dir, job, deps.settings)
+    commit: str | None = None
+    try:
+        source = await anyio.to_thread.run_sync(fetch_source, job, deps.settings, deps.mirrors, private)
+        commit = source.commit
+        if commit is not None:
+            await retry_db(deps, "record commit", partial(_record_commit, deps, job.id, commit))
+        return await anyio.to_thread.run_sync(prepare, job, deps.settings, private, source)
+    except BaseException as exc:
+        if not deps.settings.keep_work_dirs:
+            await anyio.to_thread.run_sync(partial(shutil.rmtree, private, ignore_errors=True))
+        if not isinstance(exc, ServiceError | OSError):
+            raise
+        detail = exc.detail if isinstance(exc, ServiceError) else str(exc)
+        where = f" ({job.source['repo']} at {commit})" if commit else ""
+        await _finish(
+            deps, job.id, JobStatus.error, None, f"could not prepare the run: {detail}{where}", None, 0
+        )
+        return None
+
+
+async def _record_commit(deps: WorkerDeps, job_id: str, commit: str) -> None:
+    async with deps.sessions() as session:
+        await JobRepository(session).set_source_commit(job_id, commit)
+        await session.commit()
 
 
 async def _scoped(scope: anyio.CancelScope, coroutine: Awaitable[None]) -> None:
