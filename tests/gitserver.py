@@ -36,7 +36,9 @@ class GitServer:
     # Accepted `user:password` pairs of Basic auth.
     accepted: set[str]
     served: list[Served] = field(default_factory=list)
-    # Seconds to hold each upload-pack answer: keeps a clone running long enough to be observed.
+    # Repository paths whose upload-pack answers are held back `delay` seconds: keeps a clone running long
+    # enough to be observed.
+    slow: set[str] = field(default_factory=set)
     delay: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -56,7 +58,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the tests read `served` instead."""
 
     def do_GET(self) -> None:
@@ -74,7 +76,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._record(path, None, 401, 0)
             return
         body = self._body()
-        if git.delay and path.endswith("/git-upload-pack"):
+        if path.endswith("/git-upload-pack") and any(path.startswith(f"/{slow}/") for slow in git.slow):
             time.sleep(git.delay)
         env = {
             "PATH": os.environ.get("PATH", os.defpath),
@@ -115,7 +117,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().strip().split(b";")[0], 16)
                 if size == 0:
@@ -191,7 +193,7 @@ class RepoBuilder:
             else:
                 path.write_text(content, encoding="utf-8")
         git("add", "--all", cwd=self.work)
-        git("commit", "--quiet", "-m", message, cwd=self.work)
+        git("commit", "--quiet", "--allow-empty", "-m", message, cwd=self.work)
         return git("rev-parse", "HEAD", cwd=self.work)
 
     def tag(self, name: str) -> None:
@@ -201,7 +203,11 @@ class RepoBuilder:
         git("push", "--quiet", "--tags", str(self.bare), "+refs/heads/*:refs/heads/*", cwd=self.work)
 
     def branch(self, name: str) -> None:
-        git("checkout", "--quiet", "-B", name, cwd=self.work)
+        """Start a new branch at the current commit and continue on it."""
+        git("switch", "--quiet", "--create", name, cwd=self.work)
+
+    def switch(self, name: str) -> None:
+        git("switch", "--quiet", name, cwd=self.work)
 
 
 def playbook(marker: str, hosts: str = "localhost") -> str:
