@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import ssl
 import subprocess
 import threading
 import time
@@ -40,10 +41,16 @@ class GitServer:
     # enough to be observed.
     slow: set[str] = field(default_factory=set)
     delay: float = 0.0
+    # Network emulation for benchmarks: seconds added to every answer, and bytes per second (0: unlimited).
+    latency: float = 0.0
+    bandwidth: float = 0.0
+    # Repository path prefix → URL prefix this server redirects to (302) instead of answering.
+    redirects: dict[str, str] = field(default_factory=dict)
+    scheme: str = "http"
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}/{path}"
+        return f"{self.scheme}://{host}:{self.port}/{path}"
 
     def bytes_for(self, repo_path: str) -> int:
         with self.lock:
@@ -76,6 +83,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._record(path, None, 401, 0)
             return
         body = self._body()
+        for prefix, target in git.redirects.items():
+            if path.startswith(f"/{prefix}"):
+                location = target + self.path[len(prefix) + 1 :]
+                self._send_plain(302, b"", {"Location": location})
+                self._record(path, user, 302, 0)
+                return
         if path.endswith("/git-upload-pack") and any(path.startswith(f"/{slow}/") for slow in git.slow):
             time.sleep(git.delay)
         env = {
@@ -128,13 +141,22 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     def _send_plain(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
+        git = self.server.git
+        if git.latency:
+            time.sleep(git.latency)
         self.send_response(status)
         for name, value in headers.items():
             if name.lower() != "content-length":
                 self.send_header(name, value)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        self.wfile.write(payload)
+        if not git.bandwidth:
+            self.wfile.write(payload)
+            return
+        chunk = 64 * 1024
+        for start in range(0, len(payload), chunk):
+            self.wfile.write(payload[start : start + chunk])
+            time.sleep(min(chunk, len(payload) - start) / git.bandwidth)
 
     def _record(self, path: str, user: str | None, status: int, sent: int) -> None:
         with self.server.git.lock:
@@ -147,10 +169,17 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextmanager
-def git_server(root: Path, accepted: set[str]) -> Iterator[GitServer]:
+def git_server(root: Path, accepted: set[str], tls: tuple[Path, Path] | None = None) -> Iterator[GitServer]:
+    """A server on 127.0.0.1; with `tls` (certificate, key), it speaks https."""
     root.mkdir(parents=True, exist_ok=True)
     server = _Server(("127.0.0.1", 0), _Handler)
-    server.git = GitServer(root=root, port=server.server_address[1], accepted=accepted)
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.git = GitServer(
+        root=root, port=server.server_address[1], accepted=accepted, scheme="https" if tls else "http"
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -223,3 +252,31 @@ def playbook(marker: str, hosts: str = "localhost") -> str:
       ansible.builtin.debug:
         msg: "{marker}"
 """
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost that is its own CA: the private CA of a lab server."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key

@@ -20,7 +20,7 @@ from service.sources.git import MirrorCache
 from service.sources.providers import GitProvider, check_ref, locate_repo
 from service.sources.requirements import prepare_requirements
 from tests.conftest import ROOT
-from tests.gitserver import GitServer, RepoBuilder, git_server, playbook
+from tests.gitserver import GitServer, RepoBuilder, git_server, playbook, self_signed_certificate
 
 REF_SAMPLES = [
     "main",
@@ -253,6 +253,46 @@ def test_a_fetch_that_takes_too_long_is_stopped(
     cache = cache_for(server, tmp_path, monkeypatch, git_timeout=0.5)
     with pytest.raises(SourceError, match=r"git fetch of .*team/slow.git did not finish within 0.5 s"):
         cache.checkout(locate_repo(url, cache.settings.git_providers), "main", tmp_path / "out")
+
+
+def test_a_private_ca_is_trusted_only_through_ca_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ARS_TEST_TOKEN", "tok")
+    cert, key = self_signed_certificate(tmp_path)
+    with git_server(tmp_path / "srv", {"oauth2:tok"}, tls=(cert, key)) as server:
+        url = make_repo(server, tmp_path, "tls")
+        entry = {"type": "gitlab", "host": f"127.0.0.1:{server.port}", "credential_env": "ARS_TEST_TOKEN"}
+        untrusted = MirrorCache(settings_with([entry], tmp_path / "a"))
+        with pytest.raises(SourceError, match=r"TLS certificate of 127\.0\.0\.1:\d+ is not trusted"):
+            untrusted.checkout(
+                locate_repo(url, untrusted.settings.git_providers), "main", tmp_path / "a" / "out"
+            )
+        trusted = MirrorCache(settings_with([{**entry, "ca_file": str(cert)}], tmp_path / "b"))
+        fetched = trusted.checkout(
+            locate_repo(url, trusted.settings.git_providers), "main", tmp_path / "b" / "out"
+        )
+        assert (tmp_path / "b" / "out" / "site.yml").is_file()
+        assert len(fetched.commit) == 40
+
+
+def test_a_redirect_is_not_followed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with (
+        git_server(tmp_path / "elsewhere", {"oauth2:tok"}) as elsewhere,
+        git_server(tmp_path / "srv", {"oauth2:tok"}) as server,
+    ):
+        make_repo(elsewhere, tmp_path, "moved")
+        server.redirects["team/moved.git"] = elsewhere.url("team/moved.git", host="localhost")
+        cache = cache_for(server, tmp_path, monkeypatch)
+        with pytest.raises(SourceError, match="answered with a redirect, which is not followed"):
+            cache.checkout(
+                locate_repo(server.url("team/moved.git"), cache.settings.git_providers),
+                "main",
+                tmp_path / "o",
+            )
+        assert [item.status for item in server.served] == [302]
+        # The Authorization header never reached the other host.
+        assert elsewhere.served == []
 
 
 def test_requirements_from_a_configured_galaxy_that_does_not_answer_give_a_clear_error(

@@ -259,16 +259,24 @@ async def _prepare(deps: WorkerDeps, job: Job) -> Workspace | None:
             await retry_db(deps, "record commit", partial(_record_commit, deps, job.id, commit))
         return await anyio.to_thread.run_sync(prepare, job, deps.settings, private, source)
     except BaseException as exc:
-        if not deps.settings.keep_work_dirs:
-            await anyio.to_thread.run_sync(partial(shutil.rmtree, private, ignore_errors=True))
-        if not isinstance(exc, ServiceError | OSError):
-            raise
-        detail = exc.detail if isinstance(exc, ServiceError) else str(exc)
-        where = f" ({job.source['repo']} at {commit})" if commit else ""
-        await _finish(
-            deps, job.id, JobStatus.error, None, f"could not prepare the run: {detail}{where}", None, 0
-        )
-        return None
+        with anyio.CancelScope(shield=True):
+            if not deps.settings.keep_work_dirs:
+                await anyio.to_thread.run_sync(partial(shutil.rmtree, private, ignore_errors=True))
+            if isinstance(exc, ServiceError | OSError):
+                detail = exc.detail if isinstance(exc, ServiceError) else str(exc)
+                where = f" ({job.source['repo']} at {commit})" if commit else ""
+                reason = f"could not prepare the run: {detail}{where}"
+            elif isinstance(exc, anyio.get_cancelled_exc_class()):
+                reason = "worker shut down before the run started"
+            elif isinstance(exc, Exception):
+                log.exception("preparing the run failed inside the service")
+                reason = f"internal error: {exc}"
+            else:
+                raise
+            await _finish(deps, job.id, JobStatus.error, None, reason, None, 0)
+        if isinstance(exc, Exception):
+            return None
+        raise
 
 
 async def _record_commit(deps: WorkerDeps, job_id: str, commit: str) -> None:

@@ -96,7 +96,8 @@ def fetch_source(job: Job, settings: Settings, mirrors: MirrorCache, private: Pa
         ref=ref,
         commit=fetched.commit,
         mirror="reused" if fetched.mirror_reused else "created",
-        seconds=round(fetched.seconds, 3),
+        fetch_seconds=round(fetched.fetch_seconds, 3),
+        checkout_seconds=round(fetched.checkout_seconds, 3),
     )
     return SourceTree(project_dir=private / "project", commit=fetched.commit)
 

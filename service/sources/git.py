@@ -50,7 +50,9 @@ class _GitResult:
 class Fetched:
     commit: str
     mirror_reused: bool
-    seconds: float
+    # Bringing the mirror up to date (the network part), then writing the run's files.
+    fetch_seconds: float
+    checkout_seconds: float
 
 
 class MirrorCache:
@@ -62,12 +64,12 @@ class MirrorCache:
 
     def checkout(self, location: RepoLocation, ref: str, destination: Path) -> Fetched:
         """Write the files of `ref` in `location` into `destination` (created); return the commit."""
-        started = time.monotonic()
         self.root.mkdir(parents=True, exist_ok=True)
         key = hashlib.sha256(location.url.encode()).hexdigest()[:32]
         mirror = self.root / f"{key}.git"
         git = _Git(self.settings, location)
         with _locked(self.root / f"{key}.lock"):
+            started = time.monotonic()
             reused = (mirror / "HEAD").is_file()
             if not reused:
                 shutil.rmtree(mirror, ignore_errors=True)  # a half-made mirror of an interrupted clone
@@ -81,6 +83,7 @@ class MirrorCache:
                 commit = _fetch_commit(git, mirror, ref)
             if commit is None:
                 raise SourceError(f"ref {ref!r} not found in {location.url} (not a branch, tag or commit)")
+            fetched_at = time.monotonic()
             destination.mkdir(parents=True)
             git.run(
                 [
@@ -99,8 +102,9 @@ class MirrorCache:
                 extra_env={"GIT_INDEX_FILE": str(destination.parent / f".{destination.name}.index")},
             )
             (mirror / _LAST_USED).touch()
+            done = time.monotonic()
         self._trim(keep=mirror)
-        return Fetched(commit=commit, mirror_reused=reused, seconds=time.monotonic() - started)
+        return Fetched(commit, reused, fetched_at - started, done - fetched_at)
 
     def _trim(self, keep: Path) -> None:
         """Remove least recently used mirrors until the cache fits; mirrors in use are left alone."""
@@ -261,7 +265,7 @@ class _Git:
             return f"cannot resolve the host of {url}"
         if "failed to connect" in text or "connection refused" in text or "timed out" in text:
             return f"cannot connect to the server of {url}"
-        if "ssl certificate" in text or "certificate verify" in text:
+        if any(sign in text for sign in ("ssl certificate", "certificate verif", "server certificate")):
             return f"TLS certificate of {provider.host} is not trusted (set ca_file on the provider)"
         last = next((line for line in reversed(stderr.strip().splitlines()) if line.strip()), "no output")
         return f"git {what} of {url} failed: {last.strip()}"
