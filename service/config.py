@@ -136,7 +136,8 @@ def drop_secrets_from_environment(settings: Settings) -> None:
     """Forget credentials the process was started with, once Settings holds them.
 
     ansible-runner hands the worker's whole environment to ansible-playbook and there is no way to give it
-    a clean one: a token left in os.environ would reach every playbook.
+    a clean one: a token left in os.environ would reach every playbook. Afterwards only the cached
+    `get_settings()` holds them: a new Settings() would not find them.
     """
     for name in settings.secret_environment_names:
         os.environ.pop(name, None)
