@@ -59,6 +59,8 @@ class Job(SQLModel, table=True):
     timeout: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
     priority: str = Field(sa_column=sa.Column(sa.String(8), nullable=False))
     labels: dict[str, str] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+    # The commit a Git source's ref resolved to, once the worker fetched it.
+    source_commit: str | None = Field(default=None, sa_column=sa.Column(sa.String(40), nullable=True))
     idempotency_key: str | None = Field(
         default=None, sa_column=sa.Column(sa.String(255), nullable=True, unique=True)
     )

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from service import live
-from service.config import get_settings
+from service.config import drop_secrets_from_environment, get_settings
 from service.db import create_engine, session_factory
 from service.jobs import service as jobs
 from service.jobs.repository import JobRepository
@@ -30,12 +30,14 @@ from service.logging import configure_logging
 from service.models import utcnow
 from service.queue import RUN_JOB, JobQueue, create_arq_redis, create_redis
 from service.runner.pipeline import WorkerDeps, execute_run
+from service.sources.git import MirrorCache
 
 log = structlog.get_logger(__name__)
 
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings = get_settings()
+    drop_secrets_from_environment(settings)
     configure_logging(settings)
     # arq's CLI gives its logger a handler of its own; ours formats everything once.
     logging.getLogger("arq").handlers.clear()
@@ -48,6 +50,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         redis=create_redis(settings),
         worker_id=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
         limiter=anyio.CapacityLimiter(settings.worker_max_jobs),
+        mirrors=MirrorCache(settings),
     )
     ctx["engine"] = engine
     ctx["deps"] = deps

@@ -125,6 +125,9 @@ class JobRepository:
         )
         return _rowcount(result) == 1
 
+    async def set_source_commit(self, job_id: str, commit: str) -> None:
+        await self.session.execute(sa.update(Job).where(col(Job.id) == job_id).values(source_commit=commit))
+
     async def finish(
         self,
         job_id: str,

@@ -19,15 +19,23 @@ from service.jobs.repository import EventRepository, JobFilters, JobRepository
 from service.jobs.schemas import GitSource, JobRequest
 from service.models import Job, JobEvent, JobStatus, utcnow
 from service.queue import JobQueue
-from service.sources.paths import resolve_inside, resolve_playbook
+from service.sources.paths import PLAYBOOK_SUFFIXES, check_relative, resolve_inside, resolve_playbook
+from service.sources.providers import check_ref, locate_repo
 
 log = structlog.get_logger(__name__)
 
 
 def _validate_source(request: JobRequest, settings: Settings) -> None:
     if isinstance(request.source, GitSource):
-        # Git sources are refused until a provider allows the host (GIT_PROVIDERS).
-        raise InvalidRequest(f"source.repo: {request.source.repo!r} is not on a configured Git provider")
+        locate_repo(request.source.repo, settings.git_providers)
+        check_ref(request.source.ref)
+        # Whether the files exist is known only once a worker has fetched the ref.
+        pure = check_relative(request.playbook, "playbook")
+        if pure.suffix not in PLAYBOOK_SUFFIXES:
+            raise InvalidRequest(f"playbook: {request.playbook!r} is not a .yml or .yaml file")
+        if isinstance(request.inventory, str):
+            check_relative(request.inventory, "inventory")
+        return
     root = settings.playbooks_dir
     resolve_playbook(root, request.playbook)
     if isinstance(request.inventory, str):

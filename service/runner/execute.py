@@ -76,7 +76,7 @@ def run_ansible(
         "project_dir": str(workspace.project_dir),
         "playbook": workspace.playbook,
         "ident": workspace.ident,
-        "envvars": ansible_environment(settings, job.id),
+        "envvars": {**ansible_environment(settings, job.id), **workspace.environment},
         "quiet": True,
         # How often ansible-runner calls the cancel callback (5 s by default).
         "settings": {"pexpect_timeout": settings.runner_poll_interval},

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import anyio
@@ -23,7 +25,8 @@ from service.models import Job, JobStatus
 from service.queue import cancel_key
 from service.runner.events import STATS_EVENT, EventChannel, host_stats, read_event_files, to_row
 from service.runner.execute import RunOutcome, run_ansible
-from service.runner.workspace import Workspace, prepare
+from service.runner.workspace import Workspace, create_private_dir, fetch_source, prepare
+from service.sources.git import MirrorCache
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -40,6 +43,7 @@ class WorkerDeps:
     redis: Redis
     worker_id: str
     limiter: anyio.CapacityLimiter
+    mirrors: MirrorCache
     # Runs in progress on this worker: the heartbeat keeps them alive for the reaper.
     active: set[str] = field(default_factory=set)
 
@@ -228,13 +232,8 @@ async def execute_run(deps: WorkerDeps, job_id: str) -> None:
 
 async def _execute_claimed(deps: WorkerDeps, job: Job) -> None:
     job_id = job.id
-    try:
-        workspace = await anyio.to_thread.run_sync(prepare, job, deps.settings)
-    except (ServiceError, OSError) as exc:
-        detail = exc.detail if isinstance(exc, ServiceError) else str(exc)
-        await _finish(
-            deps, job_id, JobStatus.error, None, f"could not prepare the run: {detail}", None, 0, for_s=None
-        )
+    workspace = await _prepare(deps, job)
+    if workspace is None:
         return
 
     recorder = EventRecorder(deps, job_id)
@@ -286,6 +285,48 @@ async def _execute_claimed(deps: WorkerDeps, job: Job) -> None:
     finally:
         if not deps.settings.keep_work_dirs:
             await anyio.to_thread.run_sync(workspace.remove)
+
+
+async def _prepare(deps: WorkerDeps, job: Job) -> Workspace | None:
+    """The run's workspace, or None after ending the run as `error` with a reason for a person."""
+    private = await anyio.to_thread.run_sync(create_private_dir, job, deps.settings)
+    commit: str | None = None
+    try:
+        source = await anyio.to_thread.run_sync(fetch_source, job, deps.settings, deps.mirrors, private)
+        commit = source.commit
+        if commit is not None:
+            await retry_db(
+                deps,
+                "record commit",
+                partial(_record_commit, deps, job.id, commit),
+                for_s=deps.settings.db_retry_for,
+            )
+        return await anyio.to_thread.run_sync(prepare, job, deps.settings, private, source)
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            if not deps.settings.keep_work_dirs:
+                await anyio.to_thread.run_sync(partial(shutil.rmtree, private, ignore_errors=True))
+            if isinstance(exc, ServiceError | OSError):
+                detail = exc.detail if isinstance(exc, ServiceError) else str(exc)
+                where = f" ({job.source['repo']} at {commit})" if commit else ""
+                reason = f"could not prepare the run: {detail}{where}"
+            elif isinstance(exc, anyio.get_cancelled_exc_class()):
+                reason = "worker shut down before the run started"
+            elif isinstance(exc, Exception):
+                log.exception("preparing the run failed inside the service")
+                reason = f"internal error: {exc}"
+            else:
+                raise
+            await _finish(deps, job.id, JobStatus.error, None, reason, None, 0, for_s=None)
+        if isinstance(exc, Exception):
+            return None
+        raise
+
+
+async def _record_commit(deps: WorkerDeps, job_id: str, commit: str) -> None:
+    async with deps.sessions() as session:
+        await JobRepository(session).set_source_commit(job_id, commit)
+        await session.commit()
 
 
 async def _scoped(scope: anyio.CancelScope, coroutine: Awaitable[None]) -> None:
