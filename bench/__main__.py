@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 
 BENCHMARKS = [
+    "bench.git_mirror",
     "bench.stream",
 ]
 

@@ -31,9 +31,10 @@ from typing import Any
 
 import httpx
 
-from service.cli import embedded_redis, migrate
+from service.cli import migrate
 from service.config import Settings
 from service.db import create_engine, session_factory
+from service.embedded import EmbeddedRedis, free_port
 from service.jobs.repository import EventRepository, JobRepository
 from service.live import create_live_redis, publish_end, publish_events
 from service.models import Job, JobStatus, utcnow
@@ -42,7 +43,6 @@ from tests.conftest import (
     LOCAL_REDIS,
     _mariadb_answers,
     _redis_answers,
-    free_port,
     fresh_database,
     service_env,
     start_process,
@@ -174,9 +174,7 @@ def _backends(tmp: Path) -> Iterator[tuple[str, str, str]]:
     server = LOCAL_MARIADB if _mariadb_answers(LOCAL_MARIADB) else f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
     with ExitStack() as stack:
         redis_url = LOCAL_REDIS if _redis_answers(LOCAL_REDIS) else None
-        redis_url = stack.enter_context(
-            nullcontext(redis_url) if redis_url else embedded_redis(tmp / "redis")
-        )
+        redis_url = stack.enter_context(nullcontext(redis_url) if redis_url else EmbeddedRedis(tmp / "redis"))
         database_url, drop = fresh_database(server, tmp)
         stack.callback(drop)
         yield database_url, redis_url, f"{server.split(':', 1)[0]}, {redis_url}"

@@ -49,5 +49,11 @@ class Unavailable(ServiceError):
     status_code = 503
 
 
+class SourceError(ServiceError):
+    """A run's source could not be fetched or does not hold what the run needs (worker side)."""
+
+    status_code = 502
+
+
 class ClientError(ServiceError):
     """The `ars` client got no usable answer from the API (unreachable, or it answered with an error)."""

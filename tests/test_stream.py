@@ -17,6 +17,7 @@ import redis
 
 from service.config import Settings
 from service.db import create_engine, session_factory
+from service.embedded import free_port
 from service.jobs.follow import FollowItem, FollowTiming, JobEnd, follow_job
 from service.jobs.repository import EventRepository, JobRepository
 from service.live import LiveEvent, LiveHub, create_live_redis, publish_end, publish_events
@@ -27,7 +28,6 @@ from tests.conftest import (
     Stack,
     StackFactory,
     all_events,
-    free_port,
     start_process,
     submit,
     wait_for,
