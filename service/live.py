@@ -162,7 +162,7 @@ class LiveHub:
     the subscription, and everything added before was stored before: nothing falls between the two.
     """
 
-    def __init__(self, redis: Redis, *, block_ms: int = 5000, max_pending: int = 10_000) -> None:
+    def __init__(self, redis: Redis, *, block_ms: int = 5000, max_pending: int = 1000) -> None:
         self._redis = redis
         self._block_ms = block_ms
         self._max_pending = max_pending
