@@ -56,8 +56,9 @@ BEFORE_GATE = 6
 
 @pytest.fixture(scope="module")
 def stream_stack(start_stack: StackFactory) -> Stack:
-    # A stack of its own: the tests read its process-wide stream counters.
-    return start_stack(STREAM_KEEPALIVE="0.5")
+    # A stack of its own: the tests read its process-wide stream counters. A small database pool: hundreds
+    # of readers must not need a connection each.
+    return start_stack(STREAM_KEEPALIVE="0.5", DB_POOL_SIZE="4")
 
 
 @pytest.fixture(scope="module")
