@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from sqlalchemy.engine import make_url
 
 from service.config import Settings
 from service.db import create_engine, session_factory
@@ -347,3 +348,79 @@ def test_gaps_in_the_live_stream_are_filled_from_the_database(
     end = received[-1]
     assert isinstance(end, JobEnd)
     assert end.job.status == "successful"
+
+
+class FlakyDatabasePort:
+    """A TCP port in front of the database server: it hangs up on every connection until `heal()`."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.refused = 0
+        self.healed = False
+        self.port = free_port()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.healed:
+            self.refused += 1
+            writer.close()
+            return
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        await asyncio.gather(self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer))
+
+    async def start(self) -> asyncio.Server:
+        return await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+
+def test_a_reader_waits_out_a_database_that_hangs_up(
+    client: httpx.Client, stream_stack: Stack, backends: Backends
+) -> None:
+    if backends.is_sqlite:
+        pytest.skip("needs a database server that can hang up; SQLite is a file")
+    job = submit(client, {"playbook": "debug.yml", "inventory": LOCAL3})
+    assert wait_for(client, job["id"])["status"] == "successful"
+    stored = all_events(client, job["id"])
+    url = make_url(stream_stack.database_url)
+    flaky = FlakyDatabasePort(url.host or "127.0.0.1", url.port or 3306)
+    proxied = url.set(host="127.0.0.1", port=flaky.port).render_as_string(hide_password=False)
+    settings = Settings(database_url=proxied, redis_url=backends.redis_url)
+
+    async def main() -> list[FollowItem]:
+        server = await flaky.start()
+        engine = create_engine(settings)
+        live_redis = create_live_redis(settings)
+        hub = LiveHub(live_redis)
+        timing = FollowTiming(recheck_s=120, poll_s=120)
+
+        async def follow() -> list[FollowItem]:
+            return [
+                item
+                async for item in follow_job(session_factory(engine), hub, job["id"], after=0, timing=timing)
+            ]
+
+        reader = asyncio.create_task(follow())
+        deadline = asyncio.get_running_loop().time() + 30
+        while flaky.refused < 2:
+            assert not reader.done(), "the reader gave up instead of waiting for the database"
+            assert asyncio.get_running_loop().time() < deadline, "the reader did not retry"
+            await asyncio.sleep(0.05)
+        flaky.healed = True
+        received = await asyncio.wait_for(reader, 60)
+        await hub.close()
+        await live_redis.aclose()
+        await engine.dispose()
+        server.close()
+        return received
+
+    received = asyncio.run(main())
+    assert [item.seq for item in received if isinstance(item, LiveEvent)] == [e["seq"] for e in stored]
+    assert isinstance(received[-1], JobEnd)

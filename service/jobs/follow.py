@@ -8,9 +8,12 @@ session is held only for one read, never across a wait.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
+import structlog
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.errors import NotFound
@@ -18,6 +21,8 @@ from service.jobs.repository import EventRepository, JobRepository
 from service.jobs.schemas import EventOut, JobOut
 from service.live import LiveEnd, LiveEvent, LiveHub
 from service.models import JobStatus
+
+log = structlog.get_logger(__name__)
 
 _PAGE = 500
 
@@ -64,6 +69,20 @@ async def _catch_up(sessions: async_sessionmaker[AsyncSession], job_id: str, aft
         after = rows[-1].seq
 
 
+async def _catch_up_patiently(
+    sessions: async_sessionmaker[AsyncSession], job_id: str, after: int
+) -> _CatchUp:
+    """`_catch_up`, waiting out a database that refuses connections: the reader stays connected."""
+    delay = 0.2
+    while True:
+        try:
+            return await _catch_up(sessions, job_id, after)
+        except (OperationalError, OSError) as exc:
+            log.warning("database unavailable, stream reader waits", job_id=job_id, error=str(exc)[:200])
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 async def follow_job(
     sessions: async_sessionmaker[AsyncSession],
     hub: LiveHub,
@@ -78,7 +97,7 @@ async def follow_job(
         catch_up = True
         while True:
             if catch_up:
-                caught = await _catch_up(sessions, job_id, last)
+                caught = await _catch_up_patiently(sessions, job_id, last)
                 for event in caught.events:
                     yield event
                     last = event.seq
