@@ -9,8 +9,10 @@ session is held only for one read, never across a wait.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+import functools
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 from sqlalchemy.exc import OperationalError
@@ -23,6 +25,7 @@ from service.live import LiveEnd, LiveEvent, LiveHub
 from service.models import JobStatus
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 _PAGE = 500
 
@@ -45,38 +48,26 @@ class FollowTiming:
     poll_s: float
 
 
-@dataclass(frozen=True)
-class _CatchUp:
-    events: list[LiveEvent]
-    finished: JobOut | None
-
-
-async def _catch_up(sessions: async_sessionmaker[AsyncSession], job_id: str, after: int) -> _CatchUp:
-    """Stored events after `after`; and the job, if it is finished (then those are all its events)."""
-    # The status is read before the events: a run's events are all stored before it is marked finished.
+async def _finished_job(sessions: async_sessionmaker[AsyncSession], job_id: str) -> JobOut | None:
     async with sessions() as session:
         job = await JobRepository(session).get(job_id)
     if job is None:
         raise NotFound(f"no job {job_id}")
-    finished = JobOut.of(job) if JobStatus(job.status).finished else None
-    events: list[LiveEvent] = []
-    while True:
-        async with sessions() as session:
-            rows = await EventRepository(session).after(job_id, after, _PAGE)
-        events.extend(LiveEvent(row.seq, row.event, EventOut.of(row).model_dump_json()) for row in rows)
-        if len(rows) < _PAGE:
-            return _CatchUp(events, finished)
-        after = rows[-1].seq
+    return JobOut.of(job) if JobStatus(job.status).finished else None
 
 
-async def _catch_up_patiently(
-    sessions: async_sessionmaker[AsyncSession], job_id: str, after: int
-) -> _CatchUp:
-    """`_catch_up`, waiting out a database that refuses connections: the reader stays connected."""
+async def _page(sessions: async_sessionmaker[AsyncSession], job_id: str, after: int) -> list[LiveEvent]:
+    async with sessions() as session:
+        rows = await EventRepository(session).after(job_id, after, _PAGE)
+    return [LiveEvent(row.seq, row.event, EventOut.of(row).model_dump_json()) for row in rows]
+
+
+async def _patiently(read: Callable[[], Awaitable[T]], job_id: str) -> T:
+    """One database read, waiting out a database that refuses connections: the reader stays connected."""
     delay = 0.2
     while True:
         try:
-            return await _catch_up(sessions, job_id, after)
+            return await read()
         except (OperationalError, OSError) as exc:
             log.warning("database unavailable, stream reader waits", job_id=job_id, error=str(exc)[:200])
             await asyncio.sleep(delay)
@@ -97,12 +88,18 @@ async def follow_job(
         catch_up = True
         while True:
             if catch_up:
-                caught = await _catch_up_patiently(sessions, job_id, last)
-                for event in caught.events:
-                    yield event
-                    last = event.seq
-                if caught.finished is not None:
-                    yield JobEnd(caught.finished)
+                # The status is read before the events: a run's events are all stored before it is marked
+                # finished, so a finished job's events read after it are all of them.
+                finished = await _patiently(functools.partial(_finished_job, sessions, job_id), job_id)
+                while True:
+                    page = await _patiently(functools.partial(_page, sessions, job_id, last), job_id)
+                    for event in page:
+                        yield event
+                        last = event.seq
+                    if len(page) < _PAGE:
+                        break
+                if finished is not None:
+                    yield JobEnd(finished)
                     return
                 catch_up = False
             item = await live.next(timing.poll_s if live.degraded else timing.recheck_s)
