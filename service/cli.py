@@ -15,6 +15,7 @@ from types import FrameType
 
 import redis
 
+from service.api.auth import SCOPES, new_token
 from service.config import Settings, child_environment, get_settings
 from service.errors import ConfigurationError
 
@@ -157,6 +158,15 @@ def dev(port: int) -> int:
     return 0
 
 
+def token_new_command(name: str, scopes: list[str]) -> int:
+    token, entry = new_token(name, scopes)
+    sys.stdout.write(
+        f"token (give it to the client; it is not stored anywhere): {token}\n"
+        f"API_TOKENS entry (add it to the Secret; entries are separated by ';' or newlines):\n{entry}\n"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ars", description="ansible-runner-service")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -165,10 +175,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     dev_parser.add_argument("--port", type=int, default=8000)
     commands.add_parser("migrate", help="upgrade the database to the latest schema (alembic upgrade head)")
+    token_parser = commands.add_parser("token", help="API tokens")
+    token_commands = token_parser.add_subparsers(dest="token_command", required=True)
+    token_new = token_commands.add_parser(
+        "new", help="print a new token and the API_TOKENS entry (name:scopes:sha256) for the Secret"
+    )
+    token_new.add_argument("name", help="who uses the token; recorded on every job it submits")
+    token_new.add_argument(
+        "--scope", action="append", choices=SCOPES, required=True, help="read, run or admin; repeatable"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "dev":
             return dev(args.port)
+        if args.command == "token":
+            return token_new_command(args.name, args.scope)
         migrate(get_settings())
         return 0
     except ConfigurationError as exc:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import re
 import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,15 +61,30 @@ class Settings(BaseSettings):
 
     # API.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Deepest nesting of arrays and objects a JSON body may have (deeper is 422, before parsing).
+    max_json_depth: int = Field(default=32, ge=4, le=256)
+    # Variable names (extra vars, inline inventory vars) the operator allows although they could make the
+    # worker execute something or read another path (see service/jobs/variables.py), e.g.
+    # ["ansible_connection"].
+    extra_vars_allow: list[str] = Field(default_factory=list)
+
+    # Credentials for target hosts, mounted from the Secret as files: the private key goes to each run's
+    # ssh-agent, the vault password file to ansible-playbook's --vault-password-file.
+    ssh_private_key_file: Path | None = None
+    vault_password_file: Path | None = None
+    # Environment variables, besides RUN_ENV_BASE and ANSIBLE_*, that runs may see (shell patterns).
+    run_env_allow: list[str] = Field(default_factory=list)
     db_pool_size: int = Field(default=10, ge=1)
 
     # Tests set this to keep ansible-runner's artifacts for inspection.
     keep_work_dirs: bool = False
 
-    @field_validator("playbooks_dir", "ansible_collections_path", "work_dir")
+    @field_validator(
+        "playbooks_dir", "ansible_collections_path", "work_dir", "ssh_private_key_file", "vault_password_file"
+    )
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
 
     @property
     def is_sqlite(self) -> bool:
@@ -79,6 +97,28 @@ class Settings(BaseSettings):
             )
         return self.redis_url
 
+    def ssh_private_key(self) -> str | None:
+        if self.ssh_private_key_file is None:
+            return None
+        return self.ssh_private_key_file.read_text(encoding="utf-8")
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret value, to be masked wherever it could still reach output or logs."""
+        values: list[str] = []
+        for url in (self.database_url, self.redis_url):
+            password = urlsplit(url).password if url else None
+            if password:
+                values += [url or "", str(password)]
+        for entry in re.split(r"[;\n]", self.api_tokens or ""):
+            values += [entry.strip(), entry.strip().rpartition(":")[2]]
+        values += _secret_strings(self.git_providers)
+        for path in (self.vault_password_file, self.ssh_private_key_file):
+            if path is not None and path.is_file():
+                text = path.read_text(encoding="utf-8", errors="replace").strip()
+                # A multi-line secret (a key) may be printed a line at a time, or with escaped newlines.
+                values += [text, *text.splitlines()]
+        return values
+
     def check_auth(self) -> None:
         if not self.api_tokens and not self.auth_disabled:
             raise ConfigurationError(
@@ -89,6 +129,61 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+# Names whose values are secrets wherever they appear (environment variables, GIT_PROVIDERS fields).
+SECRET_NAME = re.compile(r"(?i)token|secret|passw|credential|private|auth|cookie|_key$|^key$|dsn")
+# What a run's environment may hold (shell patterns), besides ANSIBLE_* (Ansible's own configuration) and
+# RUN_ENV_ALLOW. ansible-runner starts ansible-playbook with the worker's whole os.environ.
+RUN_ENV_BASE = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "ANSIBLE_*",
+)
+
+
+def _secret_strings(value: Any, secret: bool = False) -> list[str]:
+    """String values under secret-looking keys, anywhere in a JSON-like structure."""
+    if isinstance(value, dict):
+        return [
+            found
+            for key, item in value.items()
+            for found in _secret_strings(item, secret or bool(SECRET_NAME.search(str(key))))
+        ]
+    if isinstance(value, list):
+        return [found for item in value for found in _secret_strings(item, secret)]
+    return [value] if secret and isinstance(value, str) else []
+
+
+def scrub_environment(settings: Settings) -> list[str]:
+    """Remove from os.environ every variable a run may not see; return the secret values among them.
+
+    The worker calls this once at startup, after Settings has read the environment: ansible-runner builds
+    ansible-playbook's environment from os.environ (it cannot be given a clean one), so the worker itself
+    must not hold DATABASE_URL, REDIS_URL, API_TOKENS, credentials or anything else from the Secret.
+    Kept: RUN_ENV_BASE, ANSIBLE_* and the patterns in RUN_ENV_ALLOW. The values removed under
+    secret-looking names (or carrying a URL password) are returned for redaction.
+    """
+    allowed = (*RUN_ENV_BASE, *settings.run_env_allow)
+    secrets: list[str] = []
+    for name in list(os.environ):
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed):
+            continue
+        value = os.environ.pop(name)
+        if SECRET_NAME.search(name) or ("://" in value and "@" in value):
+            secrets.append(value)
+    return secrets
 
 
 def child_environment(overrides: dict[str, str]) -> dict[str, str]:

@@ -15,6 +15,7 @@ from service.config import Settings, get_settings
 from service.db import create_engine, session_factory
 from service.logging import configure_logging
 from service.queue import JobQueue, create_redis
+from service.redaction import Redactor
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -22,7 +23,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.check_auth()
     settings.require_redis_url()
-    configure_logging(settings)
+    configure_logging(settings, Redactor(settings.secret_values()))
     authenticator = Authenticator(settings)
 
     @asynccontextmanager
@@ -46,7 +47,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Run Ansible playbooks on demand; read every event and per-host result.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth
+    )
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)

@@ -17,11 +17,12 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.cron import cron
 from arq.worker import func
 
-from service.config import get_settings
+from service.config import get_settings, scrub_environment
 from service.db import create_engine, session_factory
 from service.jobs import service as jobs
 from service.logging import configure_logging
 from service.queue import RUN_JOB, JobQueue
+from service.redaction import Redactor
 from service.runner.pipeline import WorkerDeps, execute_run
 
 log = structlog.get_logger(__name__)
@@ -29,7 +30,10 @@ log = structlog.get_logger(__name__)
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings = get_settings()
-    configure_logging(settings)
+    # From here on the worker holds no secret in its environment: runs inherit it (DESIGN section 8).
+    removed = scrub_environment(settings)
+    redactor = Redactor([*settings.secret_values(), *removed])
+    configure_logging(settings, redactor)
     # arq's CLI gives its logger a handler of its own; ours formats everything once.
     logging.getLogger("arq").handlers.clear()
     logging.getLogger("arq").propagate = True
@@ -42,6 +46,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         redis=redis,
         worker_id=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
         limiter=anyio.CapacityLimiter(settings.worker_max_jobs),
+        redactor=redactor,
     )
     ctx["queue"] = JobQueue(redis, settings)
     log.info("worker started", worker_id=ctx["deps"].worker_id, max_jobs=settings.worker_max_jobs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -14,7 +15,8 @@ from service.config import Settings
 from service.errors import ConfigurationError, Forbidden, Unauthorized
 
 SCOPES = ("read", "run", "admin")
-_ENTRY = re.compile(r"^(?P<name>[A-Za-z0-9_.@-]{1,64}):(?P<scopes>[a-z,]+):(?P<digest>[0-9a-f]{64})$")
+_NAME = r"[A-Za-z0-9_.@-]{1,64}"
+_ENTRY = re.compile(rf"^(?P<name>{_NAME}):(?P<scopes>[a-z,]+):(?P<digest>[0-9a-f]{{64}})$")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,16 @@ def parse_tokens(raw: str) -> list[TokenEntry]:
             raise ConfigurationError(f"API_TOKENS: unknown scope in {match['name']}: use {', '.join(SCOPES)}")
         entries.append(TokenEntry(Principal(match["name"], scopes), bytes.fromhex(match["digest"])))
     return entries
+
+
+def new_token(name: str, scopes: list[str]) -> tuple[str, str]:
+    """A fresh random token and its API_TOKENS entry (only the SHA-256 of the token is ever stored)."""
+    if not re.fullmatch(_NAME, name):
+        raise ConfigurationError("token name: 1 to 64 letters, digits, '_', '.', '@' or '-'")
+    token = secrets.token_urlsafe(32)
+    entry = f"{name}:{','.join(dict.fromkeys(scopes))}:{hashlib.sha256(token.encode()).hexdigest()}"
+    parse_tokens(entry)  # the same rules as the service applies to API_TOKENS
+    return token, entry
 
 
 class Authenticator:

@@ -38,8 +38,10 @@ class JobRepository:
     async def get(self, job_id: str) -> Job | None:
         return await self.session.get(Job, job_id, populate_existing=True)
 
-    async def get_by_idempotency_key(self, key: str) -> Job | None:
-        result = await self.session.execute(sa.select(Job).where(col(Job.idempotency_key) == key))
+    async def get_by_idempotency_key(self, submitted_by: str, key: str) -> Job | None:
+        result = await self.session.execute(
+            sa.select(Job).where(col(Job.submitted_by) == submitted_by, col(Job.idempotency_key) == key)
+        )
         return result.scalar_one_or_none()
 
     async def list(

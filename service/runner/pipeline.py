@@ -21,6 +21,7 @@ from service.errors import ServiceError
 from service.jobs.repository import EventRepository, JobRepository
 from service.models import Job, JobStatus
 from service.queue import cancel_key
+from service.redaction import Redactor
 from service.runner.events import STATS_EVENT, EventChannel, host_stats, read_event_files, to_row
 from service.runner.execute import RunOutcome, run_ansible
 from service.runner.workspace import Workspace, prepare
@@ -39,6 +40,7 @@ class WorkerDeps:
     redis: ArqRedis
     worker_id: str
     limiter: anyio.CapacityLimiter
+    redactor: Redactor
 
 
 async def retry_db(deps: WorkerDeps, what: str, operation: Callable[[], Awaitable[T]]) -> T:
@@ -88,7 +90,11 @@ class EventRecorder:
                 raise RuntimeError("events could not be stored")
 
     async def _store(self, batch: list[dict[str, Any]]) -> None:
-        rows = [to_row(self.job_id, event) for event in batch if int(event["counter"]) > self.stored_seq]
+        rows = [
+            to_row(self.job_id, event, self.deps.redactor)
+            for event in batch
+            if int(event["counter"]) > self.stored_seq
+        ]
         if not rows:
             return
         if rows[0]["seq"] != self.stored_seq + 1:
@@ -277,6 +283,8 @@ async def _finish(
     stats: dict[str, dict[str, int]] | None,
     event_count: int,
 ) -> None:
+    reason = None if reason is None else deps.redactor.text(reason)
+
     async def write() -> bool:
         async with deps.sessions() as session:
             finished = await JobRepository(session).finish(
