@@ -23,10 +23,6 @@ class Redactor:
         values = sorted(kept, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, values))) if values else None
 
-    @property
-    def active(self) -> bool:
-        return self._pattern is not None
-
     def text(self, value: str) -> str:
         return value if self._pattern is None else self._pattern.sub(MASK, value)
 

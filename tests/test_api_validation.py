@@ -116,6 +116,8 @@ BAD_BODIES: list[tuple[str, dict[str, Any], str]] = [
         "ansible_host",
     ),
     ("ansible_user with a space", {**VALID, "extra_vars": {"ansible_user": "root -v"}}, "ansible_user"),
+    ("ansible_port a string", {**VALID, "extra_vars": {"ansible_port": "22 -oX=y"}}, "ansible_port"),
+    ("ansible_password", {**VALID, "extra_vars": {"ansible_password": "secret"}}, "ansible_password"),
     (
         "inline host var",
         {**VALID, "inventory": {"all": {"hosts": {"h1": {"ansible_connection": "local"}}}}},

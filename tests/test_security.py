@@ -124,7 +124,7 @@ def secure(
         "reader": ["read"],
         "runner": ["run", "read"],
         "boss": ["admin"],
-        "nobody": ["run"],
+        "submitter": ["run"],
     }.items():
         tokens[name], entry = new_token(name, *scopes)
         entries.append(entry)
@@ -233,7 +233,7 @@ def test_missing_scope_is_403(secure: Secure) -> None:
         assert response.status_code == 403
         assert "run" in response.json()["detail"]
         assert reader.post(f"/api/v1/jobs/{uuid.uuid4()}/cancel").status_code == 403
-    with secure.stack.client(headers={"Authorization": f"Bearer {secure.tokens['nobody']}"}) as run_only:
+    with secure.stack.client(headers={"Authorization": f"Bearer {secure.tokens['submitter']}"}) as run_only:
         assert run_only.get("/api/v1/jobs").status_code == 403
     assert secure.stack.count_jobs() == before
 

@@ -5,7 +5,9 @@ Ansible's `ansible_*` variables configure the connection on the worker's side: `
 `ansible_ssh_common_args`, `ansible_*_executable`, `ansible_python_interpreter`, `ansible_shell_*`,
 `ansible_ssh_private_key_file`… and every new connection plugin adds more. So every `ansible_*` name is
 refused except the ordinary target variables below, and so is any name that mentions a proxy (a proxy
-command runs on the worker). An operator allows more names with EXTRA_VARS_ALLOW.
+command runs on the worker). An operator allows more names with EXTRA_VARS_ALLOW. (Passwords such as
+`ansible_password` are refused too: a request's variables are stored and shown to every reader; target
+credentials belong in the Secret, see SSH_PRIVATE_KEY_FILE.)
 """
 
 from __future__ import annotations
@@ -22,10 +24,8 @@ TARGET_VARIABLES = frozenset(
         "ansible_host",
         "ansible_port",
         "ansible_user",
-        "ansible_password",
         "ansible_become",
         "ansible_become_user",
-        "ansible_become_password",
     }
 )
 # Values that reach ssh's command line as a host or user: never an option, no spaces, no controls.
@@ -56,6 +56,10 @@ def check_variables(variables: dict[str, Any], where: str, allowed: Collection[s
             isinstance(value, str) and _TARGET_NAME.match(value)
         ):
             raise InvalidRequest(f"{field}: must be a host or user name, not starting with '-'")
+        if name == "ansible_port" and not (
+            isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
+        ):
+            raise InvalidRequest(f"{field}: must be a port number (an integer from 1 to 65535)")
 
 
 def check_inventory(inventory: dict[str, Any], allowed: Collection[str]) -> None:

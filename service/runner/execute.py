@@ -109,6 +109,9 @@ def run_ansible(
         runner = ansible_runner.run(**kwargs)
     finally:
         channel.close()
+    if cancel.is_set() or timed_out:
+        # Once more: a process forked while the first sweep read /proc escaped it.
+        kill_run_processes(job.id)
     return RunOutcome(status=str(runner.status), rc=runner.rc, timed_out=timed_out)
 
 
