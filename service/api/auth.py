@@ -9,7 +9,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.config import Settings
 from service.errors import ConfigurationError, Forbidden, Unauthorized
@@ -84,8 +85,15 @@ class Authenticator:
         return found
 
 
+# Declares the scheme in the OpenAPI description (and the Authorize button of /docs); the header itself is
+# checked by Authenticator, which answers 401 with WWW-Authenticate.
+_BEARER = HTTPBearer(auto_error=False, description="a token listed in API_TOKENS (`ars token new`)")
+
+
 def require(scope: str) -> object:
-    def dependency(request: Request) -> Principal:
+    def dependency(
+        request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]
+    ) -> Principal:
         authenticator: Authenticator = request.app.state.authenticator
         principal = authenticator.authenticate(request.headers.get("authorization"))
         if scope not in principal.scopes and "admin" not in principal.scopes:
