@@ -8,13 +8,14 @@ import re
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import ConfigurationError
+from service.sources.providers import GitProvider
 
 
 class Settings(BaseSettings):
@@ -28,7 +29,16 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     playbooks_dir: Path = Path("./playbooks")
     ansible_collections_path: Path = Path("./collections")
-    git_providers: list[dict[str, Any]] = Field(default_factory=list)
+    # JSON list of providers; a bad entry, or a credential_env that is not set, stops the process at startup.
+    git_providers: list[GitProvider] = Field(default_factory=list)
+    # The longest a clone or fetch may take.
+    git_timeout: float = Field(default=300, gt=0)
+    # The per-worker mirror cache (WORK_DIR/cache/git) is trimmed, least recently used first, to this size.
+    git_cache_max_bytes: int = Field(default=2 * 1024**3, ge=0)
+    # Galaxy or Automation Hub from which a repository's collections/roles requirements.yml are installed;
+    # none: only collections bundled under ANSIBLE_COLLECTIONS_PATH can satisfy them.
+    galaxy_server_url: str | None = None
+    galaxy_token: SecretStr | None = None
     api_tokens: str | None = None
     auth_disabled: bool = False
     work_dir: Path = Path(tempfile.gettempdir())
@@ -57,6 +67,10 @@ class Settings(BaseSettings):
     stream_ttl_after_end: int = Field(default=3600, ge=1)
     # How long the worker keeps retrying a database write before giving up on it.
     db_retry_for: float = Field(default=120, gt=0)
+    # A running job whose worker has not been heard of for this long is ended as "worker lost".
+    worker_lost_after: int = Field(default=60, ge=3)
+    # Finished jobs and their events older than this are deleted (0: keep everything).
+    retention_days: int = Field(default=30, ge=0)
     sweep_interval: int = Field(default=10, ge=1, le=60)
 
     # API.
@@ -79,6 +93,8 @@ class Settings(BaseSettings):
     # Tests set this to keep ansible-runner's artifacts for inspection.
     keep_work_dirs: bool = False
 
+    _git_credentials: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
+
     @field_validator(
         "playbooks_dir", "ansible_collections_path", "work_dir", "ssh_private_key_file", "vault_password_file"
     )
@@ -86,16 +102,30 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
+    @model_validator(mode="after")
+    def _resolve_git_credentials(self) -> Settings:
+        hosts: set[str] = set()
+        for index, provider in enumerate(self.git_providers):
+            where = f"GIT_PROVIDERS[{index}] ({provider.host})"
+            if provider.host in hosts:
+                raise ValueError(f"{where}: host listed twice")
+            hosts.add(provider.host)
+            if provider.credential_env is None:
+                continue
+            token = os.environ.get(provider.credential_env, "").strip()
+            if not token:
+                raise ValueError(f"{where}: credential_env {provider.credential_env} is not set or empty")
+            self._git_credentials[provider.host] = SecretStr(token)
+        return self
 
-    def require_redis_url(self) -> str:
-        if not self.redis_url:
-            raise ConfigurationError(
-                "REDIS_URL is not set: point it at a Redis server, or use `ars dev`, which starts one"
-            )
-        return self.redis_url
+    def git_credential(self, provider: GitProvider) -> SecretStr | None:
+        return self._git_credentials.get(provider.host)
+
+    @property
+    def secret_environment_names(self) -> list[str]:
+        """Variables holding credentials, whatever their names: their values are masked in output."""
+        names = [provider.credential_env for provider in self.git_providers if provider.credential_env]
+        return [*names, "GALAXY_TOKEN"]
 
     def ssh_private_key(self) -> str | None:
         if self.ssh_private_key_file is None:
@@ -111,13 +141,30 @@ class Settings(BaseSettings):
                 values += [url or "", str(password)]
         for entry in re.split(r"[;\n]", self.api_tokens or ""):
             values += [entry.strip(), entry.strip().rpartition(":")[2]]
-        values += _secret_strings(self.git_providers)
+        values += [credential.get_secret_value() for credential in self._git_credentials.values()]
+        if self.galaxy_token is not None:
+            values.append(self.galaxy_token.get_secret_value())
         for path in (self.vault_password_file, self.ssh_private_key_file):
             if path is not None and path.is_file():
                 text = path.read_text(encoding="utf-8", errors="replace").strip()
                 # A multi-line secret (a key) may be printed a line at a time, or with escaped newlines.
                 values += [text, *text.splitlines()]
         return values
+
+    @property
+    def git_cache_dir(self) -> Path:
+        return self.work_dir / "cache" / "git"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise ConfigurationError(
+                "REDIS_URL is not set: point it at a Redis server, or use `ars dev`, which starts one"
+            )
+        return self.redis_url
 
     def check_auth(self) -> None:
         if not self.api_tokens and not self.auth_disabled:
@@ -131,10 +178,10 @@ def get_settings() -> Settings:
     return Settings()
 
 
-# Names whose values are secrets wherever they appear (environment variables, GIT_PROVIDERS fields).
-SECRET_NAME = re.compile(r"(?i)token|secret|passw|credential|private|auth|cookie|_key$|^key$|dsn")
+# Names of environment variables whose values are secrets, besides Settings.secret_environment_names.
+SECRET_NAME = re.compile(r"(?i)token|secret|passw|credential|private|auth|cookie|_key$|^key$|dsn|_pat$")
 # What a run's environment may hold (shell patterns), besides ANSIBLE_* (Ansible's own configuration) and
-# RUN_ENV_ALLOW. ansible-runner starts ansible-playbook with the worker's whole os.environ.
+# RUN_ENV_ALLOW.
 RUN_ENV_BASE = (
     "PATH",
     "HOME",
@@ -153,36 +200,24 @@ RUN_ENV_BASE = (
 )
 
 
-def _secret_strings(value: Any, secret: bool = False) -> list[str]:
-    """String values under secret-looking keys, anywhere in a JSON-like structure."""
-    if isinstance(value, dict):
-        return [
-            found
-            for key, item in value.items()
-            for found in _secret_strings(item, secret or bool(SECRET_NAME.search(str(key))))
-        ]
-    if isinstance(value, list):
-        return [found for item in value for found in _secret_strings(item, secret)]
-    return [value] if secret and isinstance(value, str) else []
-
-
 def scrub_environment(settings: Settings) -> list[str]:
     """Remove from os.environ every variable a run may not see; return the secret values among them.
 
     The worker calls this once at startup, after Settings has read the environment: ansible-runner builds
     ansible-playbook's environment from os.environ (it cannot be given a clean one), so the worker itself
-    must not hold DATABASE_URL, REDIS_URL, API_TOKENS, credentials or anything else from the Secret.
-    Kept: RUN_ENV_BASE, ANSIBLE_* and the patterns in RUN_ENV_ALLOW. The values removed under
-    secret-looking names (or carrying a URL password) are returned for redaction.
+    must not hold DATABASE_URL, REDIS_URL, API_TOKENS, Git or Galaxy tokens, or anything else from the
+    Secret. Kept: RUN_ENV_BASE, ANSIBLE_* and the patterns in RUN_ENV_ALLOW. Afterwards only the cached
+    `get_settings()` holds the configuration: a new Settings() would not find it. The values removed under
+    secret names (or carrying a URL password) are returned for redaction.
     """
     allowed = (*RUN_ENV_BASE, *settings.run_env_allow)
+    secret_names = set(settings.secret_environment_names)
     secrets: list[str] = []
     for name in list(os.environ):
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed):
-            continue
-        value = os.environ.pop(name)
-        if SECRET_NAME.search(name) or ("://" in value and "@" in value):
-            secrets.append(value)
+        if name in secret_names or not any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed):
+            value = os.environ.pop(name)
+            if name in secret_names or SECRET_NAME.search(name) or ("://" in value and "@" in value):
+                secrets.append(value)
     return secrets
 
 

@@ -23,6 +23,7 @@ import httpx
 import pytest
 import redis
 
+from service.embedded import free_port
 from service.live import stream_key
 from service.redaction import MASK
 from tests.conftest import (
@@ -31,7 +32,6 @@ from tests.conftest import (
     Stack,
     StackFactory,
     all_events,
-    free_port,
     submit,
     wait_for,
     wait_until,
@@ -45,6 +45,7 @@ SERVICE_VARIABLES = (
     "REDIS_URL",
     "API_TOKENS",
     "GIT_PROVIDERS",
+    "LAB_ACCESS",
     "ARS_SAMPLE_SECRET_TOKEN",
     "VAULT_PASSWORD_FILE",
     "SSH_PRIVATE_KEY_FILE",
@@ -136,7 +137,11 @@ def secure(
         KEEP_WORK_DIRS="true",
         AUTH_DISABLED="false",
         API_TOKENS=";\n".join(entries),
-        GIT_PROVIDERS=json.dumps([{"name": "gitlab", "host": "gitlab.example", "token": git_token}]),
+        # A name that does not look secret: the value is known to be one because a provider names it.
+        GIT_PROVIDERS=json.dumps(
+            [{"type": "gitlab", "host": "gitlab.example", "credential_env": "LAB_ACCESS"}]
+        ),
+        LAB_ACCESS=git_token,
         ARS_SAMPLE_SECRET_TOKEN=sample,
         SSH_PRIVATE_KEY_FILE=str(sshd.client_key),
         VAULT_PASSWORD_FILE=str(files / "vault-password"),

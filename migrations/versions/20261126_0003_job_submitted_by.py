@@ -1,7 +1,7 @@
 """job.submitted_by: the name of the API token that submitted the run
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-11-26
 """
 
@@ -13,8 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003"
-# TODO(lead): re-chain to "0002" (job.source_commit, issue 2) when merging.
-down_revision: str | None = "0001"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
