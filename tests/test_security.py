@@ -117,7 +117,7 @@ class Secure:
 @pytest.fixture(scope="module")
 def secure(
     start_stack: StackFactory, backends: Backends, sshd: Sshd, tmp_path_factory: pytest.TempPathFactory
-) -> Secure:
+) -> Iterator[Secure]:
     files = tmp_path_factory.mktemp("secret")
     (files / "vault-password").write_text(VAULT_PASSWORD)
     tokens, entries = {}, []
@@ -151,7 +151,9 @@ def secure(
     secrets = [git_token, sample, VAULT_PASSWORD, *key_lines, *entries, *tokens.values()]
     if database_password:
         secrets.append(database_password)
-    return Secure(stack, tokens, secrets, sshd, tmp_path_factory.mktemp("targets"))
+    yield Secure(stack, tokens, secrets, sshd, tmp_path_factory.mktemp("targets"))
+    # Its processes (and their database connections) go now; the database goes with the session.
+    stack.stop()
 
 
 @pytest.fixture(scope="module")
