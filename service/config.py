@@ -207,17 +207,18 @@ def scrub_environment(settings: Settings) -> list[str]:
     ansible-playbook's environment from os.environ (it cannot be given a clean one), so the worker itself
     must not hold DATABASE_URL, REDIS_URL, API_TOKENS, Git or Galaxy tokens, or anything else from the
     Secret. Kept: RUN_ENV_BASE, ANSIBLE_* and the patterns in RUN_ENV_ALLOW. Afterwards only the cached
-    `get_settings()` holds the configuration: a new Settings() would not find it. The values removed under
-    secret names (or carrying a URL password) are returned for redaction.
+    `get_settings()` holds the configuration: a new Settings() would not find it. The values under secret
+    names (or carrying a URL password), removed or kept, are returned for redaction.
     """
     allowed = (*RUN_ENV_BASE, *settings.run_env_allow)
     secret_names = set(settings.secret_environment_names)
     secrets: list[str] = []
-    for name in list(os.environ):
+    for name, value in list(os.environ.items()):
+        if name in secret_names or SECRET_NAME.search(name) or ("://" in value and "@" in value):
+            # Also when it stays (an ANSIBLE_* token meant for Ansible): masked in output all the same.
+            secrets.append(value)
         if name in secret_names or not any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed):
-            value = os.environ.pop(name)
-            if name in secret_names or SECRET_NAME.search(name) or ("://" in value and "@" in value):
-                secrets.append(value)
+            del os.environ[name]
     return secrets
 
 
