@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     # API.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     db_pool_size: int = Field(default=10, ge=1)
+    # GET /api/v1/queue without a token, for an autoscaler inside the cluster that holds none.
+    queue_endpoint_public: bool = False
 
     # Tests set this to keep ansible-runner's artifacts for inspection.
     keep_work_dirs: bool = False

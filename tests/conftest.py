@@ -193,8 +193,9 @@ def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, deadline_s:
 
 
 def service_env(database_url: str, redis_url: str, work_dir: Path, **extra: str) -> dict[str, str]:
+    inherited = {name: value for name, value in os.environ.items() if name != "API_TOKENS"}
     env = {
-        **os.environ,
+        **inherited,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "PLAYBOOKS_DIR": str(TEST_PLAYBOOKS),
@@ -205,7 +206,6 @@ def service_env(database_url: str, redis_url: str, work_dir: Path, **extra: str)
         "JOB_COMPLETION_WAIT": "5",
         **extra,
     }
-    env.pop("API_TOKENS", None)
     return env
 
 
