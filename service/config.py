@@ -8,10 +8,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import ConfigurationError
+
+
+# Seconds a worker needs, after it stops waiting for running runs, to end them and record how they ended.
+SHUTDOWN_MARGIN = 30
 
 
 class Settings(BaseSettings):
@@ -42,6 +46,10 @@ class Settings(BaseSettings):
     # arq's poll delay is the floor of start latency; polling a sorted set is cheap.
     worker_poll_delay: float = Field(default=0.05, gt=0, le=5)
     job_completion_wait: int = Field(default=60, ge=0)
+    # The worker pod's terminationGracePeriodSeconds, when the manifests pass it: JOB_COMPLETION_WAIT is then
+    # derived from it, leaving SHUTDOWN_MARGIN seconds to end what is still running before Kubernetes kills
+    # the pod. One number for both, so the wait can never outlast the grace period.
+    termination_grace_period: int | None = Field(default=None, ge=SHUTDOWN_MARGIN + 1)
     # The longest run the service accepts, and the default when a request names no timeout.
     max_run_timeout: int = Field(default=86_400, ge=1)
     # How often ansible-runner looks at the cancel flag and the timeout (its pexpect_timeout).
@@ -64,6 +72,16 @@ class Settings(BaseSettings):
 
     # Tests set this to keep ansible-runner's artifacts for inspection.
     keep_work_dirs: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _completion_wait_from_grace_period(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("termination_grace_period") is None:
+            return data
+        if data.get("job_completion_wait") is not None:
+            # Not a ValueError: pydantic would print the whole input, secrets included.
+            raise ConfigurationError("set JOB_COMPLETION_WAIT or TERMINATION_GRACE_PERIOD, not both")
+        return {**data, "job_completion_wait": int(data["termination_grace_period"]) - SHUTDOWN_MARGIN}
 
     @field_validator("playbooks_dir", "ansible_collections_path", "work_dir")
     @classmethod

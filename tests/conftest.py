@@ -194,7 +194,7 @@ def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, deadline_s:
 
 def service_env(database_url: str, redis_url: str, work_dir: Path, **extra: str) -> dict[str, str]:
     inherited = {name: value for name, value in os.environ.items() if name != "API_TOKENS"}
-    env = {
+    return {
         **inherited,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
@@ -206,7 +206,6 @@ def service_env(database_url: str, redis_url: str, work_dir: Path, **extra: str)
         "JOB_COMPLETION_WAIT": "5",
         **extra,
     }
-    return env
 
 
 StackFactory = Callable[..., Stack]
