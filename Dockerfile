@@ -46,9 +46,9 @@ RUN apt-get update \
 
 # A fixed uid so Kubernetes can check runAsNonRoot. HOME is /tmp, an emptyDir under a read-only root
 # filesystem: Ansible keeps its local temp and ssh control sockets under ~/.ansible.
+# WORK_DIR is world-writable like /tmp: runc gives a tmpfs mounted over it this directory's mode.
 RUN useradd --uid 10001 --user-group --no-create-home --home-dir /tmp --shell /usr/sbin/nologin ars \
-    && mkdir -p /var/lib/ars/work \
-    && chown ars:ars /var/lib/ars/work
+    && install -d -m 1777 /var/lib/ars/work
 
 COPY --from=build /opt/venv /opt/venv
 
