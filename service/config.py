@@ -13,7 +13,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import ConfigurationError
 
-
 # Seconds a worker needs, after it stops waiting for running runs, to end them and record how they ended.
 SHUTDOWN_MARGIN = 30
 

@@ -82,9 +82,8 @@ def image() -> str:
             [str(ROOT / "scripts" / script), IMAGE], capture_output=True, text=True, check=False, timeout=1800
         )
         assert result.returncode == 0, f"{script}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        print(
-            f"\n{script}: {time.monotonic() - start:.0f} s; {(result.stdout + result.stderr).strip().splitlines()[-1]}"
-        )
+        last_line = (result.stdout + result.stderr).strip().splitlines()[-1]
+        print(f"\n{script}: {time.monotonic() - start:.0f} s; {last_line}")
     return IMAGE
 
 
