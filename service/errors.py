@@ -47,3 +47,9 @@ class Forbidden(ServiceError):
 
 class Unavailable(ServiceError):
     status_code = 503
+
+
+class SourceError(ServiceError):
+    """A run's source could not be fetched or does not hold what the run needs (worker side)."""
+
+    status_code = 502

@@ -59,6 +59,8 @@ class Job(SQLModel, table=True):
     timeout: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
     priority: str = Field(sa_column=sa.Column(sa.String(8), nullable=False))
     labels: dict[str, str] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+    # The commit a Git source's ref resolved to, once the worker fetched it.
+    source_commit: str | None = Field(default=None, sa_column=sa.Column(sa.String(40), nullable=True))
     idempotency_key: str | None = Field(
         default=None, sa_column=sa.Column(sa.String(255), nullable=True, unique=True)
     )
@@ -72,6 +74,8 @@ class Job(SQLModel, table=True):
     )
     event_count: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False))
     worker_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(128), nullable=True))
+    # Moved forward by the worker while the run goes on; a running job whose heartbeat stops is reaped.
+    heartbeat_at: datetime | None = Field(default=None, sa_column=sa.Column(Timestamp, nullable=True))
     cancel_requested: bool = Field(default=False, sa_column=sa.Column(sa.Boolean, nullable=False))
 
 

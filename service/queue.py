@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import structlog
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from pydantic import BaseModel, Field
 from redis.asyncio import ConnectionPool
+from redis.asyncio.connection import Connection
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.config import Settings
+
+log = structlog.get_logger(__name__)
 
 RUN_JOB = "run_job"
 
@@ -28,6 +38,35 @@ def create_redis(settings: Settings) -> ArqRedis:
         socket_connect_timeout=2,
         health_check_interval=30,
         retry_on_timeout=True,
+    )
+    return ArqRedis(pool, default_queue_name=settings.queue_name)
+
+
+class PatientConnectionPool(ConnectionPool):
+    """Waits for Redis to come back instead of failing, for arq's own loop.
+
+    arq's worker dies on the first Redis error of its poll loop, killing the runs in flight; with this pool
+    (and the retry policy of `create_arq_redis`) a Redis outage only pauses it.
+    """
+
+    async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Connection:
+        delay = 0.05
+        while True:
+            try:
+                return await super().get_connection(command_name, *keys, **options)  # type: ignore[no-any-return]
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("redis unavailable, waiting", error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+
+def create_arq_redis(settings: Settings) -> ArqRedis:
+    """arq's pool for the worker: every command waits for Redis rather than failing."""
+    pool = PatientConnectionPool.from_url(
+        settings.require_redis_url(),
+        socket_connect_timeout=2,
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=-1),
     )
     return ArqRedis(pool, default_queue_name=settings.queue_name)
 
@@ -61,6 +100,13 @@ class JobQueue:
             _expires=_EXPIRES,
         )
         return job is not None
+
+    async def forget(self, job_id: str) -> None:
+        """Drop arq's entry of a run that can never start or finish (its worker died)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.queue_name, job_id)
+            pipe.delete(in_progress_key_prefix + job_id, job_key_prefix + job_id, retry_key_prefix + job_id)
+            await pipe.execute()
 
     async def signal_cancel(self, job_id: str) -> None:
         """Wake the worker running `job_id`; the database flag stays the source of truth."""

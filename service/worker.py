@@ -5,56 +5,127 @@ Runs are never retried by arq (`max_tries=1`): an Ansible run must not be repeat
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import anyio
 import structlog
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 from arq.cron import cron
 from arq.worker import func
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
-from service.config import get_settings
+from service import live
+from service.config import drop_secrets_from_environment, get_settings
 from service.db import create_engine, session_factory
 from service.jobs import service as jobs
+from service.jobs.repository import JobRepository
 from service.logging import configure_logging
-from service.queue import RUN_JOB, JobQueue
+from service.models import utcnow
+from service.queue import RUN_JOB, JobQueue, create_arq_redis, create_redis
 from service.runner.pipeline import WorkerDeps, execute_run
+from service.sources.git import MirrorCache
 
 log = structlog.get_logger(__name__)
 
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings = get_settings()
+    drop_secrets_from_environment(settings)
     configure_logging(settings)
     # arq's CLI gives its logger a handler of its own; ours formats everything once.
     logging.getLogger("arq").handlers.clear()
     logging.getLogger("arq").propagate = True
     engine = create_engine(settings, pool_size=settings.worker_max_jobs + 2)
-    redis: ArqRedis = ctx["redis"]
-    ctx["engine"] = engine
-    ctx["deps"] = WorkerDeps(
+    arq_redis: ArqRedis = ctx["redis"]
+    deps = WorkerDeps(
         settings=settings,
         sessions=session_factory(engine),
-        redis=redis,
+        redis=create_redis(settings),
         worker_id=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
         limiter=anyio.CapacityLimiter(settings.worker_max_jobs),
+        mirrors=MirrorCache(settings),
     )
-    ctx["queue"] = JobQueue(redis, settings)
-    log.info("worker started", worker_id=ctx["deps"].worker_id, max_jobs=settings.worker_max_jobs)
+    ctx["engine"] = engine
+    ctx["deps"] = deps
+    ctx["queue"] = JobQueue(arq_redis, settings)
+    ctx["heartbeat"] = asyncio.create_task(heartbeat(deps))
+    log.info("worker started", worker_id=deps.worker_id, max_jobs=settings.worker_max_jobs)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    if "heartbeat" in ctx:
+        ctx["heartbeat"].cancel()
+    if "deps" in ctx:
+        await ctx["deps"].redis.aclose()
     if "engine" in ctx:
         await ctx["engine"].dispose()
+
+
+async def heartbeat(deps: WorkerDeps) -> None:
+    """Tell the reaper, through the database, that this worker's runs are alive."""
+    interval = deps.settings.worker_lost_after / 4
+    while True:
+        await asyncio.sleep(interval)
+        if not deps.active:
+            continue
+        try:
+            async with deps.sessions() as session:
+                await JobRepository(session).heartbeat(sorted(deps.active))
+                await session.commit()
+        except (OperationalError, DBAPIError, OSError) as exc:
+            log.warning("heartbeat not written", error=str(exc).splitlines()[0])
 
 
 async def run_job(ctx: dict[str, Any], job_id: str) -> None:
     with structlog.contextvars.bound_contextvars(job_id=job_id):
         await execute_run(ctx["deps"], job_id)
+
+
+async def reap(ctx: dict[str, Any]) -> int:
+    """End running jobs whose worker stopped beating (killed, OOM, node lost). They are never re-run."""
+    deps: WorkerDeps = ctx["deps"]
+    queue: JobQueue = ctx["queue"]
+    lost_after = deps.settings.worker_lost_after
+    before = utcnow() - timedelta(seconds=lost_after)
+    reaped = 0
+    async with deps.sessions() as session:
+        repository = JobRepository(session)
+        for job in await repository.stale_running(heartbeat_before=before, limit=500):
+            reason = f"worker lost: {job.worker_id} gave no sign of life for {lost_after} s"
+            if not await repository.mark_lost(job.id, heartbeat_before=before, reason=reason):
+                continue
+            await session.commit()
+            reaped += 1
+            log.warning("reaped a run whose worker was lost", job_id=job.id, worker=job.worker_id)
+            try:
+                # arq would keep the dead run's entry (and count it as in flight) until its lock expired.
+                await queue.forget(job.id)
+                await live.publish_end(
+                    deps.redis, job.id, job.event_count, ttl=deps.settings.stream_ttl_after_end
+                )
+            except (RedisError, OSError) as exc:
+                log.warning("arq entry of a reaped run left to expire", job_id=job.id, error=str(exc))
+    return reaped
+
+
+async def retention(ctx: dict[str, Any]) -> int:
+    """Daily: delete jobs and events that finished more than RETENTION_DAYS ago (0 keeps everything)."""
+    deps: WorkerDeps = ctx["deps"]
+    days = deps.settings.retention_days
+    if not days:
+        return 0
+    jobs_deleted, events_deleted = await jobs.purge_expired(
+        deps.sessions, finished_before=utcnow() - timedelta(days=days)
+    )
+    log.info("retention done", jobs=jobs_deleted, events=events_deleted, days=days)
+    return jobs_deleted
 
 
 async def sweep(ctx: dict[str, Any]) -> int:
@@ -65,6 +136,7 @@ async def sweep(ctx: dict[str, Any]) -> int:
 
 
 _settings = get_settings()
+_every = set(range(0, 60, _settings.sweep_interval))
 
 
 class WorkerSettings:
@@ -74,17 +146,14 @@ class WorkerSettings:
         func(run_job, name=RUN_JOB, max_tries=1, timeout=_settings.max_run_timeout + 600),
     ]
     cron_jobs = [
-        cron(
-            sweep,
-            second=set(range(0, 60, _settings.sweep_interval)),
-            run_at_startup=True,
-            unique=True,
-            timeout=60,
-        ),
+        cron(sweep, second=_every, run_at_startup=True, unique=True, timeout=60),
+        cron(reap, second=_every, run_at_startup=True, unique=True, timeout=60),
+        cron(retention, hour={3}, minute={17}, second={0}, unique=True, timeout=6 * 3600),
     ]
     on_startup = startup
     on_shutdown = shutdown
-    redis_settings = RedisSettings.from_dsn(_settings.require_redis_url())
+    # A pool of our own rather than `redis_settings`: it survives Redis outages (see PatientConnectionPool).
+    redis_pool = create_arq_redis(_settings)
     queue_name = _settings.queue_name
     max_jobs = _settings.worker_max_jobs
     poll_delay = _settings.worker_poll_delay

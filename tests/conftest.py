@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,8 +25,9 @@ import sqlalchemy as sa
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from service.cli import embedded_redis, migrate
+from service.cli import migrate
 from service.config import Settings
+from service.embedded import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_PLAYBOOKS = ROOT / "tests" / "playbooks"
@@ -97,7 +97,7 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
     if redis_url is None and _redis_answers(LOCAL_REDIS):
         redis_url = LOCAL_REDIS
     given = contextlib.nullcontext(redis_url) if redis_url else None
-    with given or embedded_redis(tmp_path_factory.mktemp("redis")) as url:
+    with given or EmbeddedRedis(tmp_path_factory.mktemp("redis")) as url:
         if env.require_services and url != redis_url:
             pytest.fail("TEST_REQUIRE_SERVICES is set but no Redis answers")
         yield Backends(database, url, f"database {make_url(database).drivername}, redis {url}")
@@ -131,12 +131,6 @@ def fresh_database(server_url: str, tmp: Path) -> tuple[str, Callable[[], None]]
     return url.set(database=name).render_as_string(hide_password=False), drop
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @dataclass
 class Stack:
     """An API and a worker, real processes, sharing one database and one queue."""
@@ -160,6 +154,16 @@ class Stack:
             count = int(connection.execute(sa.text("SELECT COUNT(*) FROM job")).scalar_one())
         engine.dispose()
         return count
+
+    def add_worker(self, name: str, **overrides: str) -> subprocess.Popen[bytes]:
+        """Another worker process on this stack's queue, with some settings changed."""
+        process = start_process(
+            [sys.executable, "-m", "arq", "service.worker.WorkerSettings"],
+            {**self.env, **overrides},
+            self.logs / f"{name}.log",
+        )
+        self.processes.append(process)
+        return process
 
     def stop(self) -> None:
         for process in self.processes:
@@ -216,14 +220,14 @@ def start_stack(backends: Backends, tmp_path_factory: pytest.TempPathFactory) ->
     """Starts stacks on demand (each with its own database and queue) and stops them at the end."""
     started: list[tuple[Stack, Callable[[], None]]] = []
 
-    def start(*, sqlite: bool = False, workers: int = 1, **extra: str) -> Stack:
+    def start(*, sqlite: bool = False, workers: int = 1, redis_url: str | None = None, **extra: str) -> Stack:
         tmp = tmp_path_factory.mktemp("stack")
         server = f"sqlite+aiosqlite:///{tmp / 'server.db'}" if sqlite else backends.database_server_url
         database_url, drop = fresh_database(server, tmp)
         migrate(Settings(database_url=database_url))
         work_dir = tmp / "work"
         work_dir.mkdir()
-        env = service_env(database_url, backends.redis_url, work_dir, **extra)
+        env = service_env(database_url, redis_url or backends.redis_url, work_dir, **extra)
         port = free_port()
         stack = Stack(f"http://127.0.0.1:{port}", database_url, env, work_dir, tmp)
         started.append((stack, drop))
@@ -235,13 +239,7 @@ def start_stack(backends: Backends, tmp_path_factory: pytest.TempPathFactory) ->
         )
         stack.processes.append(api)
         for index in range(workers):
-            stack.processes.append(
-                start_process(
-                    [sys.executable, "-m", "arq", "service.worker.WorkerSettings"],
-                    env,
-                    tmp / f"worker{index}.log",
-                )
-            )
+            stack.add_worker(f"worker{index}")
         wait_http(f"{stack.base_url}/health", api, api_log)
         return stack
 

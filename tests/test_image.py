@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Backends, free_port, fresh_database, submit, wait_for
+from service.embedded import free_port
+from tests.conftest import Backends, fresh_database, submit, wait_for
 from tests.manifests import ROOT, Obj, Rendering, only_container, pod_spec, render
 
 pytestmark = pytest.mark.image

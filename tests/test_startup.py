@@ -8,7 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ROOT, Backends, free_port, service_env, start_process, wait_http
+from service.embedded import free_port
+from tests.conftest import ROOT, Backends, service_env, start_process, wait_http
 
 
 def test_api_refuses_to_start_open(backends: Backends, tmp_path: Path) -> None:

@@ -89,12 +89,44 @@ class JobRepository:
         return _rowcount(result) == 1
 
     async def claim(self, job_id: str, worker_id: str) -> bool:
+        now = utcnow()
         result = await self.session.execute(
             sa.update(Job)
             .where(col(Job.id) == job_id, col(Job.status) == JobStatus.queued)
-            .values(status=JobStatus.running, started_at=utcnow(), worker_id=worker_id)
+            .values(status=JobStatus.running, started_at=now, heartbeat_at=now, worker_id=worker_id)
         )
         return _rowcount(result) == 1
+
+    async def heartbeat(self, job_ids: Sequence[str]) -> None:
+        await self.session.execute(
+            sa.update(Job)
+            .where(col(Job.id).in_(job_ids), col(Job.status) == JobStatus.running)
+            .values(heartbeat_at=utcnow())
+        )
+
+    async def stale_running(self, *, heartbeat_before: datetime, limit: int) -> Sequence[Job]:
+        query = (
+            sa.select(Job)
+            .where(col(Job.status) == JobStatus.running, col(Job.heartbeat_at) < heartbeat_before)
+            .limit(limit)
+        )
+        return (await self.session.execute(query)).scalars().all()
+
+    async def mark_lost(self, job_id: str, *, heartbeat_before: datetime, reason: str) -> bool:
+        """running → error, unless a heartbeat came in since the job was found stale."""
+        result = await self.session.execute(
+            sa.update(Job)
+            .where(
+                col(Job.id) == job_id,
+                col(Job.status) == JobStatus.running,
+                col(Job.heartbeat_at) < heartbeat_before,
+            )
+            .values(status=JobStatus.error, reason=reason, finished_at=utcnow())
+        )
+        return _rowcount(result) == 1
+
+    async def set_source_commit(self, job_id: str, commit: str) -> None:
+        await self.session.execute(sa.update(Job).where(col(Job.id) == job_id).values(source_commit=commit))
 
     async def finish(
         self,
@@ -134,6 +166,21 @@ class JobRepository:
         )
         return (await self.session.execute(query)).scalars().all()
 
+    async def expired(self, *, finished_before: datetime, limit: int) -> Sequence[tuple[str, int]]:
+        """(id, event_count) of finished jobs that ended before `finished_before`, oldest first."""
+        finished = [status.value for status in JobStatus if status.finished]
+        query = (
+            sa.select(col(Job.id), col(Job.event_count))
+            .where(col(Job.status).in_(finished), col(Job.finished_at) < finished_before)
+            .order_by(col(Job.finished_at))
+            .limit(limit)
+        )
+        return [(job_id, count) for job_id, count in (await self.session.execute(query)).all()]
+
+    async def delete(self, job_ids: Sequence[str]) -> int:
+        result = await self.session.execute(sa.delete(Job).where(col(Job.id).in_(job_ids)))
+        return _rowcount(result)
+
 
 class EventRepository:
     def __init__(self, session: AsyncSession) -> None:
@@ -145,6 +192,15 @@ class EventRepository:
         await self.session.execute(
             sa.update(Job).where(col(Job.id) == job_id).values(event_count=event_count)
         )
+
+    async def delete_range(self, job_id: str, *, after: int, up_to: int) -> int:
+        """Delete events after < seq <= up_to: a primary-key range, so the lock stays small."""
+        result = await self.session.execute(
+            sa.delete(JobEvent).where(
+                col(JobEvent.job_id) == job_id, col(JobEvent.seq) > after, col(JobEvent.seq) <= up_to
+            )
+        )
+        return _rowcount(result)
 
     async def max_seq(self, job_id: str) -> int:
         result = await self.session.execute(

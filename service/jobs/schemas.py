@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from service.models import Job, JobEvent
 
@@ -39,16 +39,16 @@ class GitSource(BaseModel):
     model_config = _STRICT
     type: Literal["git"]
     repo: Annotated[str, StringConstraints(min_length=1, max_length=2048)] = Field(
-        description="https URL of the repository, on a host listed in GIT_PROVIDERS"
+        description="https URL of the repository, on a host (and org) listed in GIT_PROVIDERS"
     )
     ref: Annotated[str, StringConstraints(min_length=1, max_length=255)] = Field(
-        default="main", description="branch, tag or commit sha"
+        default="main", description="branch, tag or commit sha (a valid git reference name)"
     )
 
-    @field_validator("ref")
+    @field_validator("repo", "ref")
     @classmethod
-    def _ref_not_option(cls, value: str) -> str:
-        return _no_option(value, "ref")
+    def _not_option(cls, value: str, info: ValidationInfo) -> str:
+        return _no_option(value, str(info.field_name))
 
 
 Source = Annotated[BundledSource | GitSource, Field(discriminator="type")]
@@ -144,6 +144,7 @@ class JobOut(BaseModel):
     status: str
     playbook: str
     source: dict[str, Any]
+    source_commit: str | None = Field(description="for a Git source: the commit its ref resolved to")
     inventory: str | dict[str, Any] | None
     extra_vars: dict[str, Any]
     limit: str | None

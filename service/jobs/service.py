@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 import structlog
 from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.config import Settings
 from service.errors import Conflict, InvalidRequest, NotFound
@@ -19,15 +19,23 @@ from service.jobs.repository import EventRepository, JobFilters, JobRepository
 from service.jobs.schemas import GitSource, JobRequest
 from service.models import Job, JobEvent, JobStatus, utcnow
 from service.queue import JobQueue
-from service.sources.paths import resolve_inside, resolve_playbook
+from service.sources.paths import PLAYBOOK_SUFFIXES, check_relative, resolve_inside, resolve_playbook
+from service.sources.providers import check_ref, locate_repo
 
 log = structlog.get_logger(__name__)
 
 
 def _validate_source(request: JobRequest, settings: Settings) -> None:
     if isinstance(request.source, GitSource):
-        # Git sources are refused until a provider allows the host (GIT_PROVIDERS).
-        raise InvalidRequest(f"source.repo: {request.source.repo!r} is not on a configured Git provider")
+        locate_repo(request.source.repo, settings.git_providers)
+        check_ref(request.source.ref)
+        # Whether the files exist is known only once a worker has fetched the ref.
+        pure = check_relative(request.playbook, "playbook")
+        if pure.suffix not in PLAYBOOK_SUFFIXES:
+            raise InvalidRequest(f"playbook: {request.playbook!r} is not a .yml or .yaml file")
+        if isinstance(request.inventory, str):
+            check_relative(request.inventory, "inventory")
+        return
     root = settings.playbooks_dir
     resolve_playbook(root, request.playbook)
     if isinstance(request.inventory, str):
@@ -171,3 +179,38 @@ async def requeue_stranded(session: AsyncSession, queue: JobQueue, *, older_than
             queued += 1
             log.info("requeued a stored run", job_id=job.id)
     return queued
+
+
+async def purge_expired(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    finished_before: datetime,
+    jobs_per_batch: int = 100,
+    events_per_batch: int = 5000,
+) -> tuple[int, int]:
+    """Delete finished jobs (and their events) that ended before `finished_before`.
+
+    Every statement touches a bounded range and commits on its own: the event table can be huge, and a
+    long DELETE would hold locks the running workers need. Returns (jobs, events) deleted.
+    """
+    jobs_deleted = events_deleted = 0
+    while True:
+        async with sessions() as session:
+            batch = await JobRepository(session).expired(
+                finished_before=finished_before, limit=jobs_per_batch
+            )
+        if not batch:
+            return jobs_deleted, events_deleted
+        for job_id, event_count in batch:
+            # The last, open-ended range also takes events stored past event_count (a crash between writes).
+            bounds = [*range(0, event_count, events_per_batch), event_count]
+            for after, up_to in zip(bounds, [*bounds[1:], 2**31 - 1], strict=True):
+                async with sessions() as session:
+                    events_deleted += await EventRepository(session).delete_range(
+                        job_id, after=after, up_to=up_to
+                    )
+                    await session.commit()
+        async with sessions() as session:
+            jobs_deleted += await JobRepository(session).delete([job_id for job_id, _ in batch])
+            await session.commit()
+        log.info("retention: deleted a batch", jobs=len(batch))

@@ -76,7 +76,7 @@ def run_ansible(
         "project_dir": str(workspace.project_dir),
         "playbook": workspace.playbook,
         "ident": workspace.ident,
-        "envvars": ansible_environment(settings, job.id),
+        "envvars": {**ansible_environment(settings, job.id), **workspace.environment},
         "quiet": True,
         # How often ansible-runner calls the cancel callback (5 s by default).
         "settings": {"pexpect_timeout": settings.runner_poll_interval},
@@ -104,10 +104,10 @@ def run_ansible(
     return RunOutcome(status=str(runner.status), rc=runner.rc, timed_out=timed_out)
 
 
-def kill_run_processes(job_id: str) -> int:
-    """SIGKILL every process whose environment carries this run's marker. Returns how many."""
+def run_processes(job_id: str) -> list[int]:
+    """Every process whose environment carries this run's marker (Linux /proc; none elsewhere)."""
     needle = f"{RUN_MARKER}={job_id}".encode()
-    killed = 0
+    found = []
     proc = Path("/proc")
     for entry in proc.iterdir() if proc.is_dir() else ():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -117,9 +117,17 @@ def kill_run_processes(job_id: str) -> int:
         except OSError:
             continue  # gone, or not ours to read
         if needle in environ.split(b"\0"):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed += 1
+            found.append(int(entry.name))
+    return found
+
+
+def kill_run_processes(job_id: str) -> int:
+    """SIGKILL every process of the run. Returns how many."""
+    killed = 0
+    for pid in run_processes(job_id):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
     return killed
 
 

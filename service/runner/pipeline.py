@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import anyio
 import structlog
-from arq.connections import ArqRedis
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -23,7 +25,8 @@ from service.models import Job, JobStatus
 from service.queue import cancel_key
 from service.runner.events import STATS_EVENT, EventChannel, host_stats, read_event_files, to_row
 from service.runner.execute import RunOutcome, run_ansible
-from service.runner.workspace import Workspace, prepare
+from service.runner.workspace import Workspace, create_private_dir, fetch_source, prepare
+from service.sources.git import MirrorCache
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -36,26 +39,35 @@ _TRANSIENT_DB = (OperationalError, DBAPIError, OSError)
 class WorkerDeps:
     settings: Settings
     sessions: async_sessionmaker[AsyncSession]
-    redis: ArqRedis
+    # Our own Redis client: its calls fail fast when Redis is away, unlike arq's pool, which waits for it.
+    redis: Redis
     worker_id: str
     limiter: anyio.CapacityLimiter
+    mirrors: MirrorCache
+    # Runs in progress on this worker: the heartbeat keeps them alive for the reaper.
+    active: set[str] = field(default_factory=set)
 
 
-async def retry_db(deps: WorkerDeps, what: str, operation: Callable[[], Awaitable[T]]) -> T:
-    """Run `operation` until it succeeds or `db_retry_for` seconds pass (then the last error propagates)."""
+async def retry_db(
+    deps: WorkerDeps, what: str, operation: Callable[[], Awaitable[T]], *, for_s: float | None
+) -> T:
+    """Run `operation` until it succeeds, or `for_s` seconds pass (then the last error propagates).
+
+    `for_s=None` retries until it succeeds or the task is cancelled.
+    """
     delay = 0.1
-    deadline = anyio.current_time() + deps.settings.db_retry_for
+    deadline = None if for_s is None else anyio.current_time() + for_s
     while True:
         try:
             return await operation()
         except IntegrityError:
             raise
         except _TRANSIENT_DB as exc:
-            if anyio.current_time() + delay > deadline:
+            if deadline is not None and anyio.current_time() + delay > deadline:
                 raise
             log.warning("database unavailable, retrying", operation=what, error=str(exc).splitlines()[0])
             await anyio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, 5.0)
 
 
 class EventRecorder:
@@ -77,15 +89,19 @@ class EventRecorder:
             if not self.stalled:
                 await self._store(batch)
 
-    async def complete(self, workspace: Workspace) -> None:
-        """Store whatever the channel did not carry (it spilled, or the database was away)."""
+    async def complete(self, workspace: Workspace) -> bool:
+        """Store whatever the channel did not carry (it spilled, or the database was away).
+
+        False when the database stayed away past `db_retry_for`: some events are not stored.
+        """
         missing = await anyio.to_thread.run_sync(read_event_files, workspace.artifact_dir, self.stored_seq)
         self.stalled = False
         size = self.deps.settings.event_batch_size
         for start in range(0, len(missing), size):
             await self._store(missing[start : start + size])
             if self.stalled:
-                raise RuntimeError("events could not be stored")
+                return False
+        return True
 
     async def _store(self, batch: list[dict[str, Any]]) -> None:
         rows = [to_row(self.job_id, event) for event in batch if int(event["counter"]) > self.stored_seq]
@@ -106,7 +122,7 @@ class EventRecorder:
                 await session.commit()
 
         try:
-            await retry_db(self.deps, "store events", write)
+            await retry_db(self.deps, "store events", write, for_s=self.deps.settings.db_retry_for)
         except IntegrityError:
             # A commit whose answer was lost on the way: the rows are there already.
             await self._resync()
@@ -201,16 +217,23 @@ async def execute_run(deps: WorkerDeps, job_id: str) -> None:
             await session.commit()
             return await repository.get(job_id) if claimed else None
 
-    job = await retry_db(deps, "claim", claim)
+    # If the database stays away, the job stays queued and the sweeper queues it again later.
+    job = await retry_db(deps, "claim", claim, for_s=deps.settings.db_retry_for)
     if job is None:
         log.info("not claimed: canceled or taken by another worker")
         return
     log.info("run started", playbook=job.playbook)
+    deps.active.add(job_id)
     try:
-        workspace = await anyio.to_thread.run_sync(prepare, job, deps.settings)
-    except (ServiceError, OSError) as exc:
-        detail = exc.detail if isinstance(exc, ServiceError) else str(exc)
-        await _finish(deps, job_id, JobStatus.error, None, f"could not prepare the run: {detail}", None, 0)
+        await _execute_claimed(deps, job)
+    finally:
+        deps.active.discard(job_id)
+
+
+async def _execute_claimed(deps: WorkerDeps, job: Job) -> None:
+    job_id = job.id
+    workspace = await _prepare(deps, job)
+    if workspace is None:
         return
 
     recorder = EventRecorder(deps, job_id)
@@ -227,24 +250,83 @@ async def execute_run(deps: WorkerDeps, job_id: str) -> None:
                 finally:
                     watcher.cancel()
         except anyio.get_cancelled_exc_class():
+            # The worker is shutting down past its grace period: the run was stopped above.
             with anyio.CancelScope(shield=True):
-                await _finish_lost(deps, job_id, recorder, workspace)
+                await _finish_interrupted(deps, job_id, recorder, workspace)
             raise
         except Exception as exc:
             log.exception("run failed inside the service")
             with anyio.CancelScope(shield=True):
                 await _finish(
-                    deps, job_id, JobStatus.error, None, f"internal error: {exc}", None, recorder.stored_seq
+                    deps,
+                    job_id,
+                    JobStatus.error,
+                    None,
+                    f"internal error: {exc}",
+                    None,
+                    recorder.stored_seq,
+                    for_s=None,
                 )
             return
-        await recorder.complete(workspace)
+        stored_all = await recorder.complete(workspace)
         stats = host_stats(recorder.stats) if recorder.stats is not None else None
         status, reason = _final(outcome, job.timeout or deps.settings.max_run_timeout, cancel, stats)
-        await _finish(deps, job_id, status, outcome.rc, reason, stats, recorder.stored_seq)
+        if not stored_all:
+            status, reason = (
+                JobStatus.error,
+                (
+                    f"the database was unreachable for more than {deps.settings.db_retry_for:g} s: events"
+                    f" after {recorder.stored_seq} are not stored (Ansible itself ended as {outcome.status})"
+                ),
+            )
+        # Never left running: the final status is retried until the database takes it.
+        await _finish(deps, job_id, status, outcome.rc, reason, stats, recorder.stored_seq, for_s=None)
         log.info("run finished", status=status, rc=outcome.rc, events=recorder.stored_seq)
     finally:
         if not deps.settings.keep_work_dirs:
             await anyio.to_thread.run_sync(workspace.remove)
+
+
+async def _prepare(deps: WorkerDeps, job: Job) -> Workspace | None:
+    """The run's workspace, or None after ending the run as `error` with a reason for a person."""
+    private = await anyio.to_thread.run_sync(create_private_dir, job, deps.settings)
+    commit: str | None = None
+    try:
+        source = await anyio.to_thread.run_sync(fetch_source, job, deps.settings, deps.mirrors, private)
+        commit = source.commit
+        if commit is not None:
+            await retry_db(
+                deps,
+                "record commit",
+                partial(_record_commit, deps, job.id, commit),
+                for_s=deps.settings.db_retry_for,
+            )
+        return await anyio.to_thread.run_sync(prepare, job, deps.settings, private, source)
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            if not deps.settings.keep_work_dirs:
+                await anyio.to_thread.run_sync(partial(shutil.rmtree, private, ignore_errors=True))
+            if isinstance(exc, ServiceError | OSError):
+                detail = exc.detail if isinstance(exc, ServiceError) else str(exc)
+                where = f" ({job.source['repo']} at {commit})" if commit else ""
+                reason = f"could not prepare the run: {detail}{where}"
+            elif isinstance(exc, anyio.get_cancelled_exc_class()):
+                reason = "worker shut down before the run started"
+            elif isinstance(exc, Exception):
+                log.exception("preparing the run failed inside the service")
+                reason = f"internal error: {exc}"
+            else:
+                raise
+            await _finish(deps, job.id, JobStatus.error, None, reason, None, 0, for_s=None)
+        if isinstance(exc, Exception):
+            return None
+        raise
+
+
+async def _record_commit(deps: WorkerDeps, job_id: str, commit: str) -> None:
+    async with deps.sessions() as session:
+        await JobRepository(session).set_source_commit(job_id, commit)
+        await session.commit()
 
 
 async def _scoped(scope: anyio.CancelScope, coroutine: Awaitable[None]) -> None:
@@ -252,20 +334,28 @@ async def _scoped(scope: anyio.CancelScope, coroutine: Awaitable[None]) -> None:
         await coroutine
 
 
-async def _finish_lost(deps: WorkerDeps, job_id: str, recorder: EventRecorder, workspace: Workspace) -> None:
+# A stopping worker has terminationGracePeriodSeconds left, not forever; the reaper covers the rest.
+_SHUTDOWN_DB_RETRY_S = 10.0
+
+
+async def _finish_interrupted(
+    deps: WorkerDeps, job_id: str, recorder: EventRecorder, workspace: Workspace
+) -> None:
     try:
-        await recorder.complete(workspace)
-    except Exception:
-        log.exception("events of an interrupted run not fully stored")
-    await _finish(
-        deps,
-        job_id,
-        JobStatus.error,
-        None,
-        "worker shut down before the run finished",
-        host_stats(recorder.stats) if recorder.stats else None,
-        recorder.stored_seq,
-    )
+        with anyio.fail_after(_SHUTDOWN_DB_RETRY_S):
+            await recorder.complete(workspace)
+        await _finish(
+            deps,
+            job_id,
+            JobStatus.error,
+            None,
+            "worker shut down before the run finished",
+            host_stats(recorder.stats) if recorder.stats else None,
+            recorder.stored_seq,
+            for_s=_SHUTDOWN_DB_RETRY_S,
+        )
+    except (TimeoutError, *_TRANSIENT_DB):
+        log.exception("interrupted run not recorded; the reaper will end it")
 
 
 async def _finish(
@@ -276,6 +366,8 @@ async def _finish(
     reason: str | None,
     stats: dict[str, dict[str, int]] | None,
     event_count: int,
+    *,
+    for_s: float | None,
 ) -> None:
     async def write() -> bool:
         async with deps.sessions() as session:
@@ -285,7 +377,7 @@ async def _finish(
             await session.commit()
             return finished
 
-    if not await retry_db(deps, "finish", write):
+    if not await retry_db(deps, "finish", write, for_s=for_s):
         log.warning("run was already finished elsewhere", status=status)
     try:
         await live.publish_end(deps.redis, job_id, event_count, ttl=deps.settings.stream_ttl_after_end)

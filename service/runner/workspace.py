@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
 import yaml
 
 from service.config import Settings
 from service.models import Job
+from service.sources.git import MirrorCache
 from service.sources.paths import resolve_inside, resolve_playbook
+from service.sources.providers import check_ref, locate_repo
+from service.sources.requirements import prepare_requirements
+
+log = structlog.get_logger(__name__)
 
 
 class _UnsafeDumper(yaml.SafeDumper):
@@ -50,6 +56,8 @@ class Workspace:
     project_dir: Path
     playbook: str
     inventory: str | None
+    # Variables Ansible needs for this run's own content (collections installed from requirements.yml).
+    environment: dict[str, str] = field(default_factory=dict)
     ident: str = "run"
 
     @property
@@ -61,29 +69,61 @@ class Workspace:
         shutil.rmtree(self.private_data_dir, ignore_errors=True)
 
 
-def prepare(job: Job, settings: Settings) -> Workspace:
-    """Build the run's scratch directory. Paths are checked again: the source may have changed."""
-    project_dir = settings.playbooks_dir
-    resolve_playbook(project_dir, job.playbook)
+@dataclass(frozen=True)
+class SourceTree:
+    project_dir: Path
+    commit: str | None
+
+
+def create_private_dir(job: Job, settings: Settings) -> Path:
+    """The run's scratch directory: fresh, never reused."""
     settings.work_dir.mkdir(parents=True, exist_ok=True)
-    private = Path(tempfile.mkdtemp(prefix=f"run-{job.id}-", dir=settings.work_dir))
-    try:
-        env = private / "env"
-        env.mkdir()
-        if job.extra_vars:
-            (env / "extravars").write_text(dump_unsafe(job.extra_vars), encoding="utf-8")
-        inventory: str | None = None
-        if isinstance(job.inventory, str):
-            inventory = str(resolve_inside(project_dir, job.inventory, "inventory"))
-        elif isinstance(job.inventory, dict):
-            directory = private / "inventory"
-            directory.mkdir()
-            path = directory / "hosts.yml"
-            path.write_text(dump_unsafe(job.inventory), encoding="utf-8")
-            inventory = str(path)
-    except BaseException:
-        shutil.rmtree(private, ignore_errors=True)
-        raise
+    return Path(tempfile.mkdtemp(prefix=f"run-{job.id}-", dir=settings.work_dir))
+
+
+def fetch_source(job: Job, settings: Settings, mirrors: MirrorCache, private: Path) -> SourceTree:
+    """Where the run's playbook comes from: the bundled directory, or a checkout of its Git ref."""
+    if job.source.get("type") != "git":
+        return SourceTree(project_dir=settings.playbooks_dir, commit=None)
+    # Checked again on the worker: the providers may have changed since the job was accepted.
+    location = locate_repo(job.source["repo"], settings.git_providers)
+    ref = job.source["ref"]
+    check_ref(ref)
+    fetched = mirrors.checkout(location, ref, private / "project")
+    log.info(
+        "git source ready",
+        repo=location.url,
+        ref=ref,
+        commit=fetched.commit,
+        mirror="reused" if fetched.mirror_reused else "created",
+        fetch_seconds=round(fetched.fetch_seconds, 3),
+        checkout_seconds=round(fetched.checkout_seconds, 3),
+    )
+    return SourceTree(project_dir=private / "project", commit=fetched.commit)
+
+
+def prepare(job: Job, settings: Settings, private: Path, source: SourceTree) -> Workspace:
+    """Fill the run's scratch directory. Paths are checked again: the source may have changed."""
+    project_dir = source.project_dir
+    resolve_playbook(project_dir, job.playbook)
+    env = private / "env"
+    env.mkdir()
+    if job.extra_vars:
+        (env / "extravars").write_text(dump_unsafe(job.extra_vars), encoding="utf-8")
+    inventory: str | None = None
+    if isinstance(job.inventory, str):
+        inventory = str(resolve_inside(project_dir, job.inventory, "inventory"))
+    elif isinstance(job.inventory, dict):
+        directory = private / "inventory"
+        directory.mkdir()
+        path = directory / "hosts.yml"
+        path.write_text(dump_unsafe(job.inventory), encoding="utf-8")
+        inventory = str(path)
+    environment = prepare_requirements(project_dir, private, settings) if source.commit else {}
     return Workspace(
-        private_data_dir=private, project_dir=project_dir, playbook=job.playbook, inventory=inventory
+        private_data_dir=private,
+        project_dir=project_dir,
+        playbook=job.playbook,
+        inventory=inventory,
+        environment=environment,
     )

@@ -11,11 +11,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PLAYBOOK_SUFFIXES = (".yml", ".yaml")
 
 
-def resolve_inside(root: Path, relative: str, field: str) -> Path:
-    """The real path of `relative` under `root`, or InvalidRequest naming `field`.
-
-    The check is done on the resolved path, so a symlink inside the root that points outside it is refused.
-    """
+def check_relative(relative: str, field: str) -> PurePosixPath:
+    """What can be checked without the files (a Git source is only fetched on the worker)."""
     if _CONTROL.search(relative) or "\\" in relative:
         raise InvalidRequest(f"{field}: must not contain control characters or backslashes")
     pure = PurePosixPath(relative)
@@ -23,6 +20,15 @@ def resolve_inside(root: Path, relative: str, field: str) -> Path:
         raise InvalidRequest(f"{field}: must be relative to the source root, got an absolute path")
     if ".." in pure.parts:
         raise InvalidRequest(f"{field}: must not contain '..'")
+    return pure
+
+
+def resolve_inside(root: Path, relative: str, field: str) -> Path:
+    """The real path of `relative` under `root`, or InvalidRequest naming `field`.
+
+    The check is done on the resolved path, so a symlink inside the root that points outside it is refused.
+    """
+    pure = check_relative(relative, field)
     real_root = root.resolve()
     candidate = (real_root / pure).resolve()
     if not candidate.is_relative_to(real_root):

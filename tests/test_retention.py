@@ -1,0 +1,93 @@
+"""Retention deletes finished jobs and their events past the limit, in bounded batches, and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from service.cli import migrate
+from service.config import Settings
+from service.db import create_engine, session_factory
+from service.jobs.service import purge_expired
+from service.models import utcnow
+from tests.conftest import Backends, fresh_database, sync_url
+
+
+def _insert_job(
+    connection: sa.Connection, job_id: str, status: str, finished_days_ago: float | None, events: int
+) -> None:
+    now = utcnow()
+    finished = None if finished_days_ago is None else now - timedelta(days=finished_days_ago)
+    connection.execute(
+        sa.text(
+            "INSERT INTO job (id, status, playbook, source, extra_vars, tags, skip_tags, `check`, diff,"
+            " verbosity, priority, labels, created_at, finished_at, event_count, cancel_requested)"
+            " VALUES (:id, :status, 'p.yml', '{}', '{}', '[]', '[]', 0, 0, 0, 'default', '{}', :created,"
+            " :finished, :events, 0)"
+        ),
+        {
+            "id": job_id,
+            "status": status,
+            "created": now - timedelta(days=60),
+            "finished": finished,
+            "events": events,
+        },
+    )
+    if events:
+        connection.execute(
+            sa.text(
+                "INSERT INTO job_event (job_id, seq, event, stdout, created, data) VALUES"
+                " (:job_id, :seq, 'runner_on_ok', '', :created, '{}')"
+            ),
+            [{"job_id": job_id, "seq": seq, "created": now} for seq in range(1, events + 1)],
+        )
+
+
+def test_retention_deletes_only_old_finished_jobs(backends: Backends, tmp_path: Path) -> None:
+    database_url, drop = fresh_database(backends.database_server_url, tmp_path)
+    try:
+        migrate(Settings(database_url=database_url))
+        engine = sa.create_engine(sync_url(database_url))
+        with engine.begin() as connection:
+            _insert_job(connection, "old-success", "successful", 40, 1234)
+            _insert_job(connection, "old-failed", "failed", 31, 3)
+            # One more event than its event_count says (a crash between two writes).
+            _insert_job(connection, "old-extra", "error", 35, 0)
+            connection.execute(
+                sa.text(
+                    "INSERT INTO job_event (job_id, seq, event, stdout, created, data)"
+                    " VALUES ('old-extra', 1, 'verbose', '', :now, '{}')"
+                ),
+                {"now": utcnow()},
+            )
+            _insert_job(connection, "recent", "successful", 2, 5)
+            _insert_job(connection, "old-running", "running", None, 7)
+            _insert_job(connection, "old-queued", "queued", None, 0)
+
+        async def purge() -> tuple[int, int]:
+            async_engine = create_engine(Settings(database_url=database_url))
+            try:
+                return await purge_expired(
+                    session_factory(async_engine),
+                    finished_before=utcnow() - timedelta(days=30),
+                    jobs_per_batch=2,
+                    events_per_batch=100,
+                )
+            finally:
+                await async_engine.dispose()
+
+        assert asyncio.run(purge()) == (3, 1234 + 3 + 1)
+        with engine.connect() as connection:
+            jobs = set(connection.execute(sa.text("SELECT id FROM job")).scalars())
+            events: dict[str, int] = dict(
+                connection.execute(sa.text("SELECT job_id, COUNT(*) FROM job_event GROUP BY job_id")).all()
+            )
+        engine.dispose()
+        assert jobs == {"recent", "old-running", "old-queued"}
+        assert events == {"recent": 5, "old-running": 7}
+        assert asyncio.run(purge()) == (0, 0)
+    finally:
+        drop()
