@@ -135,7 +135,7 @@ def test_settings_come_from_the_configmap_and_secret(
     overlay: tuple[str, Rendering], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, rendering = overlay
-    known = {(field.validation_alias or name).upper() for name, field in Settings.model_fields.items()}  # type: ignore[union-attr]
+    known = {str(field.validation_alias or name).upper() for name, field in Settings.model_fields.items()}
     for name in (API, WORKER):
         env = _env(rendering, name)
         assert env.keys() >= CLUSTER_REQUIRED
