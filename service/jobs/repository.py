@@ -98,6 +98,9 @@ class JobRepository:
         return _rowcount(result) == 1
 
     async def heartbeat(self, job_ids: Sequence[str]) -> None:
+        if not job_ids:
+            await self.session.execute(sa.select(1))  # still a sign the database answers
+            return
         await self.session.execute(
             sa.update(Job)
             .where(col(Job.id).in_(job_ids), col(Job.status) == JobStatus.running)

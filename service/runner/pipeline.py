@@ -35,6 +35,12 @@ T = TypeVar("T")
 _TRANSIENT_DB = (OperationalError, DBAPIError, OSError)
 
 
+@dataclass
+class WorkerHealth:
+    # time.monotonic() since which the database has answered every heartbeat; None while it does not.
+    db_reachable_since: float | None = None
+
+
 @dataclass(frozen=True)
 class WorkerDeps:
     settings: Settings
@@ -46,6 +52,7 @@ class WorkerDeps:
     mirrors: MirrorCache
     # Runs in progress on this worker: the heartbeat keeps them alive for the reaper.
     active: set[str] = field(default_factory=set)
+    health: WorkerHealth = field(default_factory=WorkerHealth)
 
 
 async def retry_db(
