@@ -8,7 +8,7 @@ import re
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import ConfigurationError
 from service.sources.providers import GitProvider
+
+# Seconds a worker needs, after it stops waiting for running runs, to end them and record how they ended.
+SHUTDOWN_MARGIN = 30
 
 
 class Settings(BaseSettings):
@@ -55,6 +58,10 @@ class Settings(BaseSettings):
     # arq's poll delay is the floor of start latency; polling a sorted set is cheap.
     worker_poll_delay: float = Field(default=0.05, gt=0, le=5)
     job_completion_wait: int = Field(default=60, ge=0)
+    # The worker pod's terminationGracePeriodSeconds, when the manifests pass it: JOB_COMPLETION_WAIT is then
+    # derived from it, leaving SHUTDOWN_MARGIN seconds to end what is still running before Kubernetes kills
+    # the pod. One number for both, so the wait can never outlast the grace period.
+    termination_grace_period: int | None = Field(default=None, ge=SHUTDOWN_MARGIN + 1)
     # The longest run the service accepts, and the default when a request names no timeout.
     max_run_timeout: int = Field(default=86_400, ge=1)
     # How often ansible-runner looks at the cancel flag and the timeout (its pexpect_timeout).
@@ -89,11 +96,23 @@ class Settings(BaseSettings):
     # Environment variables, besides RUN_ENV_BASE and ANSIBLE_*, that runs may see (shell patterns).
     run_env_allow: list[str] = Field(default_factory=list)
     db_pool_size: int = Field(default=10, ge=1)
+    # GET /api/v1/queue without a token, for an autoscaler inside the cluster that holds none.
+    queue_endpoint_public: bool = False
 
     # Tests set this to keep ansible-runner's artifacts for inspection.
     keep_work_dirs: bool = False
 
     _git_credentials: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _completion_wait_from_grace_period(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("termination_grace_period") is None:
+            return data
+        if data.get("job_completion_wait") is not None:
+            # Not a ValueError: pydantic would print the whole input, secrets included.
+            raise ConfigurationError("set JOB_COMPLETION_WAIT or TERMINATION_GRACE_PERIOD, not both")
+        return {**data, "job_completion_wait": int(data["termination_grace_period"]) - SHUTDOWN_MARGIN}
 
     @field_validator(
         "playbooks_dir", "ansible_collections_path", "work_dir", "ssh_private_key_file", "vault_password_file"

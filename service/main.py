@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api import health, jobs
+from service.api import health, jobs, queue
 from service.api.auth import Authenticator
 from service.api.errors import install_error_handlers
 from service.api.limits import BodyLimitMiddleware
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(queue.build_router(settings))
     return app
 
 
