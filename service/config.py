@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     sweep_interval: int = Field(default=10, ge=1, le=60)
 
     # API.
+    # How long an Idempotency-Key returns the job it first created.
+    idempotency_window: int = Field(default=86_400, ge=1)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     # Deepest nesting of arrays and objects a JSON body may have (deeper is 422, before parsing).
     max_json_depth: int = Field(default=32, ge=4, le=256)

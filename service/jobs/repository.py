@@ -44,6 +44,14 @@ class JobRepository:
         )
         return result.scalar_one_or_none()
 
+    async def release_idempotency_key(self, job_id: str, key: str) -> None:
+        """Forget an expired key, so that the unique constraint lets a new run take it."""
+        await self.session.execute(
+            sa.update(Job)
+            .where(col(Job.id) == job_id, col(Job.idempotency_key) == key)
+            .values(idempotency_key=None)
+        )
+
     async def list(
         self, filters: JobFilters, *, limit: int, before: tuple[datetime, str] | None
     ) -> Sequence[Job]:

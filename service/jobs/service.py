@@ -62,13 +62,18 @@ async def submit(
     """Store and queue a run. Returns (job, created); created is False for a repeated Idempotency-Key.
 
     Idempotency keys are per token (`submitted_by`): one client cannot fetch another's job by guessing
-    its key. The unique (submitted_by, idempotency_key) constraint settles races.
+    its key. The unique (submitted_by, idempotency_key) constraint settles races. A key is remembered for
+    `IDEMPOTENCY_WINDOW` seconds; after that the same key starts a new run.
     """
     repository = JobRepository(session)
     if idempotency_key is not None:
         existing = await repository.get_by_idempotency_key(submitted_by, idempotency_key)
-        if existing is not None:
+        window_start = utcnow() - timedelta(seconds=settings.idempotency_window)
+        if existing is not None and existing.created_at >= window_start:
             return existing, False
+        if existing is not None:
+            await repository.release_idempotency_key(existing.id, idempotency_key)
+            await session.commit()
     _validate_source(request, settings)
     _validate_limits(request, settings)
     job = Job(
