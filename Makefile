@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck unit migrate bench clean
+.PHONY: dev test lint typecheck unit migrate bench clean image test-image deploy-dev
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: lint unit
 unit: $(STAMP)
 	$(BIN)/pytest
 
+## Build the image and run it against MariaDB and Redis (podman, runc, debootstrap; see k8s/README.md).
+test-image: $(STAMP)
+	$(BIN)/pytest -m image -s
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -33,5 +37,17 @@ migrate: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+IMAGE ?= localhost/ansible-runner-service:dev
+## Build the container image (podman) from a base made with debootstrap when no registry is reachable.
+image:
+	scripts/base-image.sh
+	scripts/build-image.sh $(IMAGE)
+
+## Build, push to DEV_REGISTRY, migrate, roll out the dev overlay (k8s/README.md). DRY_RUN=1 only prints.
+DEV_REGISTRY ?= localhost:5000
+KUBECTL ?= $(shell command -v kubectl || echo $(BIN)/kubectl)
+deploy-dev:
+	@DEV_REGISTRY="$(DEV_REGISTRY)" TAG="$(TAG)" DRY_RUN="$(DRY_RUN)" KUBECTL="$(KUBECTL)" scripts/deploy-dev.sh
+
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) var build .mypy_cache .ruff_cache .pytest_cache

@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TextIO
 import yaml
 
 from service.ansi import strip_ansi
+from service.api.auth import SCOPES, new_token
 from service.client import ApiClient, StreamMessage
 from service.config import Settings, child_environment, get_settings
 from service.embedded import EmbeddedRedis
@@ -104,6 +105,15 @@ def dev(port: int) -> int:
         if not stopping and failed:
             _say(f"ars dev: {', '.join(map(str, failed))} stopped unexpectedly")
             return 1
+    return 0
+
+
+def token_new_command(name: str, scopes: list[str]) -> int:
+    token, entry = new_token(name, scopes)
+    sys.stdout.write(
+        f"token (give it to the client; it is not stored anywhere): {token}\n"
+        f"API_TOKENS entry (add it to the Secret; entries are separated by ';' or newlines):\n{entry}\n"
+    )
     return 0
 
 
@@ -392,10 +402,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev_parser.add_argument("--port", type=int, default=8000)
     commands.add_parser("migrate", help="upgrade the database to the latest schema (alembic upgrade head)")
     _client_parsers(commands)
+    token_parser = commands.add_parser("token", help="API tokens")
+    token_commands = token_parser.add_subparsers(dest="token_command", required=True)
+    token_new = token_commands.add_parser(
+        "new", help="print a new token and the API_TOKENS entry (name:scopes:sha256) for the Secret"
+    )
+    token_new.add_argument("name", help="who uses the token; recorded on every job it submits")
+    token_new.add_argument(
+        "--scope", action="append", choices=SCOPES, required=True, help="read, run or admin; repeatable"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "dev":
             return dev(args.port)
+        if args.command == "token":
+            return token_new_command(args.name, args.scope)
         if args.command == "migrate":
             migrate(get_settings())
             return EXIT_OK

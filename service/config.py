@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import re
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import ConfigurationError
 from service.sources.providers import GitProvider
+
+# Seconds a worker needs, after it stops waiting for running runs, to end them and record how they ended.
+SHUTDOWN_MARGIN = 30
 
 
 class Settings(BaseSettings):
@@ -52,6 +58,10 @@ class Settings(BaseSettings):
     # arq's poll delay is the floor of start latency; polling a sorted set is cheap.
     worker_poll_delay: float = Field(default=0.05, gt=0, le=5)
     job_completion_wait: int = Field(default=60, ge=0)
+    # The worker pod's terminationGracePeriodSeconds, when the manifests pass it: JOB_COMPLETION_WAIT is then
+    # derived from it, leaving SHUTDOWN_MARGIN seconds to end what is still running before Kubernetes kills
+    # the pod. One number for both, so the wait can never outlast the grace period.
+    termination_grace_period: int | None = Field(default=None, ge=SHUTDOWN_MARGIN + 1)
     # The longest run the service accepts, and the default when a request names no timeout.
     max_run_timeout: int = Field(default=86_400, ge=1)
     # How often ansible-runner looks at the cancel flag and the timeout (its pexpect_timeout).
@@ -71,8 +81,25 @@ class Settings(BaseSettings):
     sweep_interval: int = Field(default=10, ge=1, le=60)
 
     # API.
+    # How long an Idempotency-Key returns the job it first created.
+    idempotency_window: int = Field(default=86_400, ge=1)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Deepest nesting of arrays and objects a JSON body may have (deeper is 422, before parsing).
+    max_json_depth: int = Field(default=32, ge=4, le=256)
+    # Variable names (extra vars, inline inventory vars) the operator allows although they could make the
+    # worker execute something or read another path (see service/jobs/variables.py), e.g.
+    # ["ansible_connection"].
+    extra_vars_allow: list[str] = Field(default_factory=list)
+
+    # Credentials for target hosts, mounted from the Secret as files: the private key goes to each run's
+    # ssh-agent, the vault password file to ansible-playbook's --vault-password-file.
+    ssh_private_key_file: Path | None = None
+    vault_password_file: Path | None = None
+    # Environment variables, besides RUN_ENV_BASE and ANSIBLE_*, that runs may see (shell patterns).
+    run_env_allow: list[str] = Field(default_factory=list)
     db_pool_size: int = Field(default=10, ge=1)
+    # GET /api/v1/queue without a token, for an autoscaler inside the cluster that holds none.
+    queue_endpoint_public: bool = False
     # Live output (GET /jobs/{id}/stream): a keep-alive comment this often; readers look at the database
     # after `stream_recheck_interval` s without live news, and every `stream_poll_interval` s while Redis
     # is unavailable.
@@ -89,10 +116,22 @@ class Settings(BaseSettings):
 
     _git_credentials: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
 
-    @field_validator("playbooks_dir", "ansible_collections_path", "work_dir")
+    @model_validator(mode="before")
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
+    def _completion_wait_from_grace_period(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("termination_grace_period") is None:
+            return data
+        if data.get("job_completion_wait") is not None:
+            # Not a ValueError: pydantic would print the whole input, secrets included.
+            raise ConfigurationError("set JOB_COMPLETION_WAIT or TERMINATION_GRACE_PERIOD, not both")
+        return {**data, "job_completion_wait": int(data["termination_grace_period"]) - SHUTDOWN_MARGIN}
+
+    @field_validator(
+        "playbooks_dir", "ansible_collections_path", "work_dir", "ssh_private_key_file", "vault_password_file"
+    )
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
 
     @model_validator(mode="after")
     def _resolve_git_credentials(self) -> Settings:
@@ -115,9 +154,33 @@ class Settings(BaseSettings):
 
     @property
     def secret_environment_names(self) -> list[str]:
-        """Variables holding credentials: a worker drops them before it starts Ansible runs."""
+        """Variables holding credentials, whatever their names: their values are masked in output."""
         names = [provider.credential_env for provider in self.git_providers if provider.credential_env]
         return [*names, "GALAXY_TOKEN"]
+
+    def ssh_private_key(self) -> str | None:
+        if self.ssh_private_key_file is None:
+            return None
+        return self.ssh_private_key_file.read_text(encoding="utf-8")
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret value, to be masked wherever it could still reach output or logs."""
+        values: list[str] = []
+        for url in (self.database_url, self.redis_url):
+            password = urlsplit(url).password if url else None
+            if password:
+                values += [url or "", str(password)]
+        for entry in re.split(r"[;\n]", self.api_tokens or ""):
+            values += [entry.strip(), entry.strip().rpartition(":")[2]]
+        values += [credential.get_secret_value() for credential in self._git_credentials.values()]
+        if self.galaxy_token is not None:
+            values.append(self.galaxy_token.get_secret_value())
+        for path in (self.vault_password_file, self.ssh_private_key_file):
+            if path is not None and path.is_file():
+                text = path.read_text(encoding="utf-8", errors="replace").strip()
+                # A multi-line secret (a key) may be printed a line at a time, or with escaped newlines.
+                values += [text, *text.splitlines()]
+        return values
 
     @property
     def git_cache_dir(self) -> Path:
@@ -146,15 +209,48 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def drop_secrets_from_environment(settings: Settings) -> None:
-    """Forget credentials the process was started with, once Settings holds them.
+# Names of environment variables whose values are secrets, besides Settings.secret_environment_names.
+SECRET_NAME = re.compile(r"(?i)token|secret|passw|credential|private|auth|cookie|_key$|^key$|dsn|_pat$")
+# What a run's environment may hold (shell patterns), besides ANSIBLE_* (Ansible's own configuration) and
+# RUN_ENV_ALLOW.
+RUN_ENV_BASE = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "ANSIBLE_*",
+)
 
-    ansible-runner hands the worker's whole environment to ansible-playbook and there is no way to give it
-    a clean one: a token left in os.environ would reach every playbook. Afterwards only the cached
-    `get_settings()` holds them: a new Settings() would not find them.
+
+def scrub_environment(settings: Settings) -> list[str]:
+    """Remove from os.environ every variable a run may not see; return the secret values among them.
+
+    The worker calls this once at startup, after Settings has read the environment: ansible-runner builds
+    ansible-playbook's environment from os.environ (it cannot be given a clean one), so the worker itself
+    must not hold DATABASE_URL, REDIS_URL, API_TOKENS, Git or Galaxy tokens, or anything else from the
+    Secret. Kept: RUN_ENV_BASE, ANSIBLE_* and the patterns in RUN_ENV_ALLOW. Afterwards only the cached
+    `get_settings()` holds the configuration: a new Settings() would not find it. The values under secret
+    names (or carrying a URL password), removed or kept, are returned for redaction.
     """
-    for name in settings.secret_environment_names:
-        os.environ.pop(name, None)
+    allowed = (*RUN_ENV_BASE, *settings.run_env_allow)
+    secret_names = set(settings.secret_environment_names)
+    secrets: list[str] = []
+    for name, value in list(os.environ.items()):
+        if name in secret_names or SECRET_NAME.search(name) or ("://" in value and "@" in value):
+            # Also when it stays (an ANSIBLE_* token meant for Ansible): masked in output all the same.
+            secrets.append(value)
+        if name in secret_names or not any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed):
+            del os.environ[name]
+    return secrets
 
 
 def child_environment(overrides: dict[str, str]) -> dict[str, str]:

@@ -8,9 +8,11 @@ import sys
 import structlog
 
 from service.config import Settings
+from service.redaction import NO_SECRETS, Redactor
 
 
-def configure_logging(settings: Settings) -> None:
+def configure_logging(settings: Settings, redactor: Redactor = NO_SECRETS) -> None:
+    """Configure once per process. Secret values that reach a log line, exceptions included, are masked."""
     fmt = settings.log_format
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
@@ -38,6 +40,7 @@ def configure_logging(settings: Settings) -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                lambda _logger, _name, event_dict: redactor.data(event_dict),
                 renderer,
             ],
         )

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api import health, jobs, stream
+from service.api import health, jobs, queue, stream
 from service.api.auth import Authenticator
 from service.api.errors import install_error_handlers
 from service.api.limits import BodyLimitMiddleware
@@ -16,6 +16,7 @@ from service.db import create_engine, session_factory
 from service.live import LiveHub, create_live_redis
 from service.logging import configure_logging
 from service.queue import JobQueue, create_redis
+from service.redaction import Redactor
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -23,7 +24,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.check_auth()
     settings.require_redis_url()
-    configure_logging(settings)
+    configure_logging(settings, Redactor(settings.secret_values()))
     authenticator = Authenticator(settings)
 
     @asynccontextmanager
@@ -52,10 +53,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Run Ansible playbooks on demand; read every event and per-host result.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth
+    )
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(queue.build_router(settings))
     app.include_router(stream.router)
     return app
 

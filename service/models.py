@@ -40,7 +40,11 @@ class Priority(enum.StrEnum):
 
 class Job(SQLModel, table=True):
     __tablename__ = "job"
-    __table_args__ = (sa.Index("ix_job_created_at_id", "created_at", "id"),)
+    __table_args__ = (
+        sa.Index("ix_job_created_at_id", "created_at", "id"),
+        # An Idempotency-Key is scoped to the token that sent it.
+        sa.UniqueConstraint("submitted_by", "idempotency_key", name="uq_job_submitted_by_idempotency_key"),
+    )
 
     id: str = Field(sa_column=sa.Column(sa.String(36), primary_key=True))
     status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False, index=True))
@@ -61,9 +65,9 @@ class Job(SQLModel, table=True):
     labels: dict[str, str] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
     # The commit a Git source's ref resolved to, once the worker fetched it.
     source_commit: str | None = Field(default=None, sa_column=sa.Column(sa.String(40), nullable=True))
-    idempotency_key: str | None = Field(
-        default=None, sa_column=sa.Column(sa.String(255), nullable=True, unique=True)
-    )
+    idempotency_key: str | None = Field(default=None, sa_column=sa.Column(sa.String(255), nullable=True))
+    # The name of the API token that submitted the run (`anonymous` with AUTH_DISABLED).
+    submitted_by: str | None = Field(default=None, sa_column=sa.Column(sa.String(64), nullable=True))
     created_at: datetime = Field(sa_column=sa.Column(Timestamp, nullable=False))
     started_at: datetime | None = Field(default=None, sa_column=sa.Column(Timestamp, nullable=True))
     finished_at: datetime | None = Field(default=None, sa_column=sa.Column(Timestamp, nullable=True))

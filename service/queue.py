@@ -9,6 +9,7 @@ from typing import Any
 import structlog
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from pydantic import BaseModel, Field
 from redis.asyncio import ConnectionPool
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
@@ -70,6 +71,14 @@ def create_arq_redis(settings: Settings) -> ArqRedis:
     return ArqRedis(pool, default_queue_name=settings.queue_name)
 
 
+class QueueDepth(BaseModel):
+    """What an autoscaler needs: KEDA reads `inflight` and wants one worker per `WORKER_MAX_JOBS` of it."""
+
+    queued: int = Field(description="runs waiting for a worker slot")
+    running: int = Field(description="runs a worker has taken")
+    inflight: int = Field(description="queued + running")
+
+
 def cancel_key(job_id: str) -> str:
     return f"ars:job:{job_id}:cancel"
 
@@ -107,10 +116,16 @@ class JobQueue:
             pipe.expire(key, 3600)
             await pipe.execute()
 
-    async def depth(self) -> dict[str, int]:
-        """arq keeps a run in its sorted set until it finishes: ZCARD is waiting + running."""
-        inflight = int(await self.redis.zcard(self.queue_name))
+    async def depth(self) -> QueueDepth:
+        """Runs in flight on this queue: every run stays in arq's sorted set until it ends, and a running one
+        also holds an in-progress key. Cron entries share the set but are not runs: counting them would wake
+        a pool scaled to zero only to run the sweeper."""
+        members = await self.redis.zrange(self.queue_name, 0, -1)
+        runs = [member.decode() for member in members if not member.startswith(b"cron:")]
         running = 0
-        async for _ in self.redis.scan_iter(match=f"{in_progress_key_prefix}*", count=1000):
-            running += 1
-        return {"queued": max(inflight - running, 0), "running": running, "inflight": inflight}
+        if runs:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for run in runs:
+                    pipe.exists(in_progress_key_prefix + run)
+                running = sum(await pipe.execute())
+        return QueueDepth(queued=len(runs) - running, running=running, inflight=len(runs))

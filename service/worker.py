@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -22,13 +23,14 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from service import live
-from service.config import drop_secrets_from_environment, get_settings
+from service.config import get_settings, scrub_environment
 from service.db import create_engine, session_factory
 from service.jobs import service as jobs
 from service.jobs.repository import JobRepository
 from service.logging import configure_logging
 from service.models import utcnow
 from service.queue import RUN_JOB, JobQueue, create_arq_redis, create_redis
+from service.redaction import Redactor
 from service.runner.pipeline import WorkerDeps, execute_run
 from service.sources.git import MirrorCache
 
@@ -37,8 +39,10 @@ log = structlog.get_logger(__name__)
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings = get_settings()
-    drop_secrets_from_environment(settings)
-    configure_logging(settings)
+    # From here on the worker holds no secret in its environment: runs inherit it (DESIGN section 8).
+    removed = scrub_environment(settings)
+    redactor = Redactor([*settings.secret_values(), *removed])
+    configure_logging(settings, redactor)
     # arq's CLI gives its logger a handler of its own; ours formats everything once.
     logging.getLogger("arq").handlers.clear()
     logging.getLogger("arq").propagate = True
@@ -50,6 +54,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         redis=create_redis(settings),
         worker_id=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
         limiter=anyio.CapacityLimiter(settings.worker_max_jobs),
+        redactor=redactor,
         mirrors=MirrorCache(settings),
     )
     ctx["engine"] = engine
@@ -69,18 +74,23 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 async def heartbeat(deps: WorkerDeps) -> None:
-    """Tell the reaper, through the database, that this worker's runs are alive."""
+    """Tell the reaper, through the database, that this worker's runs are alive.
+
+    It also tracks since when this worker has reached the database without a break (`db_reachable_since`).
+    """
     interval = deps.settings.worker_lost_after / 4
     while True:
-        await asyncio.sleep(interval)
-        if not deps.active:
-            continue
         try:
             async with deps.sessions() as session:
                 await JobRepository(session).heartbeat(sorted(deps.active))
                 await session.commit()
         except (OperationalError, DBAPIError, OSError) as exc:
+            deps.health.db_reachable_since = None
             log.warning("heartbeat not written", error=str(exc).splitlines()[0])
+        else:
+            if deps.health.db_reachable_since is None:
+                deps.health.db_reachable_since = time.monotonic()
+        await asyncio.sleep(interval)
 
 
 async def run_job(ctx: dict[str, Any], job_id: str) -> None:
@@ -93,11 +103,18 @@ async def reap(ctx: dict[str, Any]) -> int:
     deps: WorkerDeps = ctx["deps"]
     queue: JobQueue = ctx["queue"]
     lost_after = deps.settings.worker_lost_after
+    since = deps.health.db_reachable_since
+    if since is None or time.monotonic() - since < lost_after:
+        # After a database outage every heartbeat is stale: give the live workers one full period to
+        # write theirs before reading silence as death.
+        return 0
     before = utcnow() - timedelta(seconds=lost_after)
     reaped = 0
     async with deps.sessions() as session:
         repository = JobRepository(session)
         for job in await repository.stale_running(heartbeat_before=before, limit=500):
+            if job.id in deps.active:
+                continue  # ours, and alive: this process is the one asking
             reason = f"worker lost: {job.worker_id} gave no sign of life for {lost_after} s"
             if not await repository.mark_lost(job.id, heartbeat_before=before, reason=reason):
                 continue

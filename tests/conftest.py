@@ -131,6 +131,36 @@ def fresh_database(server_url: str, tmp: Path) -> tuple[str, Callable[[], None]]
     return url.set(database=name).render_as_string(hide_password=False), drop
 
 
+def chain(*steps: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        for step in steps:
+            step()
+
+    return run
+
+
+def database_user(database_url: str, password: str) -> tuple[str, Callable[[], None]]:
+    """A MariaDB user with this password, allowed on this database only: the URL to log in as it, and a
+    function that drops the user."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        raise ValueError("a database password needs MariaDB")
+    user = f"ars_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(sync_url(database_url))
+    with admin.begin() as connection:
+        connection.execute(
+            sa.text(f"CREATE USER '{user}'@'%' IDENTIFIED BY :password"), {"password": password}
+        )
+        connection.execute(sa.text(f"GRANT ALL ON `{url.database}`.* TO '{user}'@'%'"))
+
+    def drop() -> None:
+        with admin.begin() as connection:
+            connection.execute(sa.text(f"DROP USER IF EXISTS '{user}'@'%'"))
+        admin.dispose()
+
+    return url.set(username=user, password=password).render_as_string(hide_password=False), drop
+
+
 @dataclass
 class Stack:
     """An API and a worker, real processes, sharing one database and one queue."""
@@ -197,8 +227,9 @@ def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, deadline_s:
 
 
 def service_env(database_url: str, redis_url: str, work_dir: Path, **extra: str) -> dict[str, str]:
-    env = {
-        **os.environ,
+    inherited = {name: value for name, value in os.environ.items() if name != "API_TOKENS"}
+    return {
+        **inherited,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "PLAYBOOKS_DIR": str(TEST_PLAYBOOKS),
@@ -209,8 +240,6 @@ def service_env(database_url: str, redis_url: str, work_dir: Path, **extra: str)
         "JOB_COMPLETION_WAIT": "5",
         **extra,
     }
-    env.pop("API_TOKENS", None)
-    return env
 
 
 StackFactory = Callable[..., Stack]
@@ -221,11 +250,23 @@ def start_stack(backends: Backends, tmp_path_factory: pytest.TempPathFactory) ->
     """Starts stacks on demand (each with its own database and queue) and stops them at the end."""
     started: list[tuple[Stack, Callable[[], None]]] = []
 
-    def start(*, sqlite: bool = False, workers: int = 1, redis_url: str | None = None, **extra: str) -> Stack:
+    def start(
+        *,
+        sqlite: bool = False,
+        workers: int = 1,
+        redis_url: str | None = None,
+        database_password: str | None = None,
+        **extra: str,
+    ) -> Stack:
+        """`database_password`: the services log in to the (MariaDB) database as a user of their own, with
+        this password in DATABASE_URL, as in production."""
         tmp = tmp_path_factory.mktemp("stack")
         server = f"sqlite+aiosqlite:///{tmp / 'server.db'}" if sqlite else backends.database_server_url
         database_url, drop = fresh_database(server, tmp)
         migrate(Settings(database_url=database_url))
+        if database_password is not None:
+            database_url, drop_user = database_user(database_url, database_password)
+            drop = chain(drop_user, drop)
         work_dir = tmp / "work"
         work_dir.mkdir()
         env = service_env(database_url, redis_url or backends.redis_url, work_dir, **extra)

@@ -63,6 +63,91 @@ BAD_BODIES: list[tuple[str, dict[str, Any], str]] = [
         "source.repo",
     ),
     ("unknown field in source", {**VALID, "source": {"type": "bundled", "x": 1}}, "source"),
+    # URL-encoded and look-alike path forms are names, never decoded: they do not exist in the source.
+    ("URL-encoded ..", {"playbook": "..%2f..%2fetc%2fpasswd"}, "playbook"),
+    ("double-encoded ..", {"playbook": "%252e%252e/escape.yml"}, "playbook"),
+    ("URL-encoded NUL", {"playbook": "debug.yml%00.txt"}, "playbook"),
+    ("backslash ..", {"playbook": "..\\..\\etc\\passwd"}, "playbook"),
+    ("inventory through a symlink", {**VALID, "inventory": "escape.yml"}, "inventory"),
+    ("inventory NUL", {**VALID, "inventory": "inventory/local3.yml\u0000"}, "inventory"),
+    # Option injection.
+    ("limit option after spaces", {**VALID, "limit": "-l"}, "limit"),
+    ("tag with newline", {**VALID, "tags": ["a\nb"]}, "tags"),
+    ("git ref short option", {**VALID, "source": {"type": "git", "repo": "https://x/y", "ref": "-c"}}, "ref"),
+    # Huge strings.
+    ("label value too long", {**VALID, "labels": {"team": "x" * 257}}, "labels"),
+    ("limit too long", {**VALID, "limit": "h" * 1025}, "limit"),
+    ("tag too long", {**VALID, "tags": ["t" * 129]}, "tags"),
+    ("too many tags", {**VALID, "tags": ["t"] * 101}, "tags"),
+    ("too many labels", {**VALID, "labels": {f"k{i}": "v" for i in range(33)}}, "labels"),
+    # Control and look-alike characters in labels.
+    ("label C1 control", {**VALID, "labels": {"team": "a\u0085b"}}, "labels"),
+    ("label bidi override", {**VALID, "labels": {"team": "abc\u202edef"}}, "labels"),
+    ("label line separator", {**VALID, "labels": {"team": "a\u2028b"}}, "labels"),
+    ("label DEL", {**VALID, "labels": {"team": "a\u007fb"}}, "labels"),
+    ("label key control", {**VALID, "labels": {"te\nam": "x"}}, "labels"),
+    # Variables that would make the worker execute something or read another path.
+    *[
+        (f"extra var {name}", {**VALID, "extra_vars": {name: "x"}}, f"extra_vars.{name}")
+        for name in (
+            "ansible_connection",
+            "ansible_ssh_common_args",
+            "ansible_ssh_extra_args",
+            "ansible_become_exe",
+            "ansible_ssh_executable",
+            "ansible_shell_executable",
+            "ansible_shell_type",
+            "ansible_python_interpreter",
+            "ansible_paramiko_proxy_command",
+            "ansible_ssh_private_key_file",
+            "ansible_remote_tmp",
+            "ANSIBLE_CONNECTION",
+            "http_proxy",
+            "my_proxy_host",
+        )
+    ],
+    ("extra var name with a dash", {**VALID, "extra_vars": {"a-b": 1}}, "extra_vars.a-b"),
+    ("extra var name with a digit first", {**VALID, "extra_vars": {"1a": 1}}, "extra_vars.1a"),
+    ("extra var name a keyword", {**VALID, "extra_vars": {"class": 1}}, "extra_vars.class"),
+    ("extra var name empty", {**VALID, "extra_vars": {"": 1}}, "extra_vars."),
+    (
+        "ansible_host an option",
+        {**VALID, "extra_vars": {"ansible_host": "-oProxyCommand=id"}},
+        "ansible_host",
+    ),
+    ("ansible_user with a space", {**VALID, "extra_vars": {"ansible_user": "root -v"}}, "ansible_user"),
+    ("ansible_port a string", {**VALID, "extra_vars": {"ansible_port": "22 -oX=y"}}, "ansible_port"),
+    ("ansible_password", {**VALID, "extra_vars": {"ansible_password": "secret"}}, "ansible_password"),
+    (
+        "inline host var",
+        {**VALID, "inventory": {"all": {"hosts": {"h1": {"ansible_connection": "local"}}}}},
+        "inventory.all.hosts.h1.ansible_connection",
+    ),
+    (
+        "inline group var",
+        {**VALID, "inventory": {"all": {"vars": {"ansible_ssh_common_args": "-oProxyCommand=id"}}}},
+        "inventory.all.vars.ansible_ssh_common_args",
+    ),
+    (
+        "inline child group var",
+        {
+            **VALID,
+            "inventory": {"all": {"children": {"web": {"vars": {"ansible_python_interpreter": "/x"}}}}},
+        },
+        "inventory.all.children.web.vars.ansible_python_interpreter",
+    ),
+    (
+        "inline host named as an option",
+        {**VALID, "inventory": {"all": {"hosts": {"-oProxyCommand=id": None}}}},
+        "inventory.all.hosts.-oProxyCommand=id",
+    ),
+    (
+        "inline inventory plugin",
+        {**VALID, "inventory": {"plugin": "ansible.builtin.script"}},
+        "inventory.plugin",
+    ),
+    ("inline unknown group key", {**VALID, "inventory": {"all": {"script": "x"}}}, "inventory.all.script"),
+    ("inline hosts a list", {**VALID, "inventory": {"all": {"hosts": ["h1"]}}}, "inventory.all.hosts"),
 ]
 
 
@@ -92,6 +177,53 @@ def test_body_over_one_mebibyte_is_413(stack: Stack, api: httpx.Client) -> None:
     response = api.post("/api/v1/jobs", content=chunks, headers={"Content-Type": "application/json"})
     assert response.status_code == 413
     assert stack.count_jobs() == before
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"playbook": "debug.yml", "extra_vars": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
+        b'{"playbook": "debug.yml", "extra_vars": {"x": ' + b'{"a": ' * 40 + b"1" + b"}" * 40 + b"}}",
+        b"[" * 500_000,
+    ],
+    ids=["100000 levels", "42 levels", "unterminated"],
+)
+def test_deeply_nested_json_is_422(stack: Stack, api: httpx.Client, body: bytes) -> None:
+    before = stack.count_jobs()
+    response = api.post("/api/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json() == {
+        "error": "ValidationError",
+        "detail": "body: JSON nested deeper than 32 levels",
+    }
+    assert stack.count_jobs() == before
+
+
+def test_nesting_inside_strings_does_not_count(stack: Stack, api: httpx.Client) -> None:
+    brackets = '[{"\\"' * 100
+    response = api.post(
+        "/api/v1/jobs", json={**VALID, "playbook": "nope.yml", "labels": {"b": brackets[:256]}}
+    )
+    assert response.status_code == 422
+    assert "playbook" in response.json()["detail"]
+
+
+def test_ordinary_target_variables_are_accepted(api: httpx.Client) -> None:
+    target = {
+        "ansible_host": "127.0.0.1",
+        "ansible_port": 22,
+        "ansible_user": "deploy",
+        "ansible_become": False,
+    }
+    body = {
+        "playbook": "debug.yml",
+        "inventory": {"all": {"hosts": {"h1": target}, "vars": {"ansible_become_user": "root"}}},
+        "extra_vars": {"ansible_user": "deploy", "payload_1": {"ansible_connection": "nested data is fine"}},
+        "priority": "low",
+    }
+    response = api.post("/api/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    api.post(f"/api/v1/jobs/{response.json()['id']}/cancel")
 
 
 def test_malformed_json_is_422(stack: Stack, api: httpx.Client) -> None:

@@ -37,7 +37,7 @@ def test_upgrade_from_empty_to_head_has_no_drift(kind: str, backends: Backends, 
         with engine.connect() as connection:
             version = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
         engine.dispose()
-        assert version == "0004"
+        assert version == "0005"
     finally:
         drop()
 

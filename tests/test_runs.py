@@ -15,13 +15,16 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import ansible_runner
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from service.models import utcnow
 from tests.conftest import (
     TEST_PLAYBOOKS,
     Stack,
@@ -327,6 +330,33 @@ def test_idempotency_key_returns_the_first_job(runs_stack: Stack, client: httpx.
     assert again.json()["id"] == first.json()["id"]
     assert again.headers.get("Idempotent-Replayed") == "true"
     assert "Idempotent-Replayed" not in first.headers
+
+
+def test_idempotency_key_expires_after_the_window(runs_stack: Stack, client: httpx.Client) -> None:
+    body = {"playbook": "debug.yml", "inventory": LOCAL3}
+    key = uuid.uuid4().hex
+    first = client.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": key}).json()
+    engine = runs_stack.db()
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE job SET created_at = :old WHERE id = :id"),
+            {"old": utcnow() - timedelta(seconds=86_400 + 60), "id": first["id"]},
+        )
+    again = client.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": key})
+    assert again.status_code == 202
+    assert again.json()["id"] != first["id"]
+    assert "Idempotent-Replayed" not in again.headers
+    with engine.connect() as connection:
+        keys: dict[str, str | None] = dict(
+            connection.execute(
+                sa.text("SELECT id, idempotency_key FROM job WHERE id IN (:a, :b)"),
+                {"a": first["id"], "b": again.json()["id"]},
+            ).all()
+        )
+    engine.dispose()
+    assert keys == {first["id"]: None, again.json()["id"]: key}
+    third = client.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": key})
+    assert third.json()["id"] == again.json()["id"]
 
 
 def test_concurrent_identical_idempotent_requests_make_one_job(runs_stack: Stack) -> None:

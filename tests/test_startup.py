@@ -69,3 +69,26 @@ def test_ready_is_200_with_database_and_redis(api: httpx.Client) -> None:
     assert response.status_code == 200
     assert response.json() == {"status": "ready", "database": "ok", "redis": "ok"}
     assert api.get("/health").json() == {"status": "ok"}
+
+
+def test_database_unreachable_is_503_not_500(backends: Backends, tmp_path: Path) -> None:
+    env = service_env(f"mysql+aiomysql://root@127.0.0.1:{free_port()}/test", backends.redis_url, tmp_path)
+    port = free_port()
+    log = tmp_path / "api.log"
+    api = start_process(
+        [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        log,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", api, log)
+        ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10)
+        assert ready.status_code == 503
+        assert "database" in ready.json()["detail"]
+        response = httpx.get(f"http://127.0.0.1:{port}/api/v1/jobs", timeout=10)
+        assert response.status_code == 503, response.text
+        assert response.json()["error"] == "Unavailable"
+        assert response.headers["Retry-After"] == "5"
+    finally:
+        api.terminate()
+        api.wait(timeout=30)

@@ -23,6 +23,7 @@ from service.jobs.follow import FollowItem, FollowTiming, JobEnd, follow_job
 from service.jobs.repository import EventRepository, JobRepository
 from service.live import LiveEvent, LiveHub, create_live_redis, publish_end, publish_events
 from service.models import Job, JobStatus
+from service.redaction import Redactor
 from service.runner.events import to_row
 from tests.conftest import (
     Backends,
@@ -306,7 +307,9 @@ def test_gaps_in_the_live_stream_are_filled_from_the_database(
     def rows(seqs: range) -> list[dict[str, Any]]:
         return [
             to_row(
-                job_id, {"counter": seq, "event": "runner_on_ok", "stdout": f"line {seq}", "event_data": {}}
+                job_id,
+                {"counter": seq, "event": "runner_on_ok", "stdout": f"line {seq}", "event_data": {}},
+                Redactor([]),
             )
             for seq in seqs
         ]

@@ -5,16 +5,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.config import Settings
 from service.errors import ConfigurationError, Forbidden, Unauthorized
 
 SCOPES = ("read", "run", "admin")
-_ENTRY = re.compile(r"^(?P<name>[A-Za-z0-9_.@-]{1,64}):(?P<scopes>[a-z,]+):(?P<digest>[0-9a-f]{64})$")
+_NAME = r"[A-Za-z0-9_.@-]{1,64}"
+_ENTRY = re.compile(rf"^(?P<name>{_NAME}):(?P<scopes>[a-z,]+):(?P<digest>[0-9a-f]{{64}})$")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,16 @@ def parse_tokens(raw: str) -> list[TokenEntry]:
     return entries
 
 
+def new_token(name: str, scopes: list[str]) -> tuple[str, str]:
+    """A fresh random token and its API_TOKENS entry (only the SHA-256 of the token is ever stored)."""
+    if not re.fullmatch(_NAME, name):
+        raise ConfigurationError("token name: 1 to 64 letters, digits, '_', '.', '@' or '-'")
+    token = secrets.token_urlsafe(32)
+    entry = f"{name}:{','.join(dict.fromkeys(scopes))}:{hashlib.sha256(token.encode()).hexdigest()}"
+    parse_tokens(entry)  # the same rules as the service applies to API_TOKENS
+    return token, entry
+
+
 class Authenticator:
     def __init__(self, settings: Settings) -> None:
         self.disabled = settings.auth_disabled
@@ -72,8 +85,15 @@ class Authenticator:
         return found
 
 
+# Declares the scheme in the OpenAPI description (and the Authorize button of /docs); the header itself is
+# checked by Authenticator, which answers 401 with WWW-Authenticate.
+_BEARER = HTTPBearer(auto_error=False, description="a token listed in API_TOKENS (`ars token new`)")
+
+
 def require(scope: str) -> object:
-    def dependency(request: Request) -> Principal:
+    def dependency(
+        request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]
+    ) -> Principal:
         authenticator: Authenticator = request.app.state.authenticator
         principal = authenticator.authenticate(request.headers.get("authorization"))
         if scope not in principal.scopes and "admin" not in principal.scopes:

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
 from service.errors import ServiceError
@@ -64,7 +65,17 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, kind, str(exc.detail), dict(exc.headers or {}))
 
 
+async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    # Only connection-level failures reach here (OperationalError, InterfaceError): the request may be
+    # retried. Anything else from the database is a bug and stays a 500.
+    return error_response(
+        503, "Unavailable", "the database does not answer; try again shortly", {"Retry-After": "5"}
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(InterfaceError, _database_unavailable)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)

@@ -42,7 +42,7 @@ async def submit_job(
     session: SessionDep,
     queue: QueueDep,
     settings: SettingsDep,
-    _: RunAccess,
+    principal: RunAccess,
     idempotency_key: Annotated[
         str | None,
         Header(description="a repeated request with the same key returns the first job instead of a new run"),
@@ -51,7 +51,7 @@ async def submit_job(
     """Queue a playbook run. The job is stored before it is queued: a 202 is never lost."""
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
         raise InvalidRequest("Idempotency-Key: 1 to 255 printable characters without spaces")
-    job, created = await jobs.submit(session, queue, settings, body, idempotency_key)
+    job, created = await jobs.submit(session, queue, settings, body, idempotency_key, principal.name)
     response.headers["Location"] = f"/api/v1/jobs/{job.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

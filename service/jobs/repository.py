@@ -38,9 +38,19 @@ class JobRepository:
     async def get(self, job_id: str) -> Job | None:
         return await self.session.get(Job, job_id, populate_existing=True)
 
-    async def get_by_idempotency_key(self, key: str) -> Job | None:
-        result = await self.session.execute(sa.select(Job).where(col(Job.idempotency_key) == key))
+    async def get_by_idempotency_key(self, submitted_by: str, key: str) -> Job | None:
+        result = await self.session.execute(
+            sa.select(Job).where(col(Job.submitted_by) == submitted_by, col(Job.idempotency_key) == key)
+        )
         return result.scalar_one_or_none()
+
+    async def release_idempotency_key(self, job_id: str, key: str) -> None:
+        """Forget an expired key, so that the unique constraint lets a new run take it."""
+        await self.session.execute(
+            sa.update(Job)
+            .where(col(Job.id) == job_id, col(Job.idempotency_key) == key)
+            .values(idempotency_key=None)
+        )
 
     async def list(
         self, filters: JobFilters, *, limit: int, before: tuple[datetime, str] | None
@@ -98,6 +108,9 @@ class JobRepository:
         return _rowcount(result) == 1
 
     async def heartbeat(self, job_ids: Sequence[str]) -> None:
+        if not job_ids:
+            await self.session.execute(sa.select(1))  # still a sign the database answers
+            return
         await self.session.execute(
             sa.update(Job)
             .where(col(Job.id).in_(job_ids), col(Job.status) == JobStatus.running)

@@ -11,7 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from service.models import Job, JobEvent
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls, line and paragraph separators, and bidirectional overrides (text that displays
+# differently from what it is).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
@@ -165,6 +167,7 @@ class JobOut(BaseModel):
     host_stats: dict[str, HostStats] | None
     event_count: int
     cancel_requested: bool
+    submitted_by: str | None = Field(description="name of the API token that submitted the run")
 
     @classmethod
     def of(cls, job: Job) -> JobOut:

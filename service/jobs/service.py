@@ -17,6 +17,7 @@ from service.config import Settings
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.jobs.repository import EventRepository, JobFilters, JobRepository
 from service.jobs.schemas import GitSource, JobRequest
+from service.jobs.variables import check_inventory, check_variables
 from service.models import Job, JobEvent, JobStatus, utcnow
 from service.queue import JobQueue
 from service.sources.paths import PLAYBOOK_SUFFIXES, check_relative, resolve_inside, resolve_playbook
@@ -45,10 +46,9 @@ def _validate_source(request: JobRequest, settings: Settings) -> None:
 def _validate_limits(request: JobRequest, settings: Settings) -> None:
     if request.timeout is not None and request.timeout > settings.max_run_timeout:
         raise InvalidRequest(f"timeout: at most {settings.max_run_timeout} seconds")
+    check_variables(request.extra_vars, "extra_vars", settings.extra_vars_allow)
     if isinstance(request.inventory, dict):
-        for group, body in request.inventory.items():
-            if not isinstance(body, dict | None):
-                raise InvalidRequest(f"inventory.{group}: a group must be an object")
+        check_inventory(request.inventory, settings.extra_vars_allow)
 
 
 async def submit(
@@ -57,13 +57,23 @@ async def submit(
     settings: Settings,
     request: JobRequest,
     idempotency_key: str | None,
+    submitted_by: str,
 ) -> tuple[Job, bool]:
-    """Store and queue a run. Returns (job, created); created is False for a repeated Idempotency-Key."""
+    """Store and queue a run. Returns (job, created); created is False for a repeated Idempotency-Key.
+
+    Idempotency keys are per token (`submitted_by`): one client cannot fetch another's job by guessing
+    its key. The unique (submitted_by, idempotency_key) constraint settles races. A key is remembered for
+    `IDEMPOTENCY_WINDOW` seconds; after that the same key starts a new run.
+    """
     repository = JobRepository(session)
     if idempotency_key is not None:
-        existing = await repository.get_by_idempotency_key(idempotency_key)
-        if existing is not None:
+        existing = await repository.get_by_idempotency_key(submitted_by, idempotency_key)
+        window_start = utcnow() - timedelta(seconds=settings.idempotency_window)
+        if existing is not None and existing.created_at >= window_start:
             return existing, False
+        if existing is not None:
+            await repository.release_idempotency_key(existing.id, idempotency_key)
+            await session.commit()
     _validate_source(request, settings)
     _validate_limits(request, settings)
     job = Job(
@@ -84,6 +94,7 @@ async def submit(
         priority=request.priority,
         labels=request.labels,
         idempotency_key=idempotency_key,
+        submitted_by=submitted_by,
         created_at=utcnow(),
     )
     try:
@@ -94,7 +105,7 @@ async def submit(
         await session.rollback()
         if idempotency_key is None:
             raise
-        existing = await repository.get_by_idempotency_key(idempotency_key)
+        existing = await repository.get_by_idempotency_key(submitted_by, idempotency_key)
         if existing is None:
             raise
         return existing, False

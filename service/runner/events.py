@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from service.models import utcnow
+from service.redaction import Redactor
 
 STATS_EVENT = "playbook_on_stats"
 # playbook_on_stats keys → our names (Ansible calls unreachable hosts "dark").
@@ -44,9 +45,12 @@ def _text(value: Any, limit: int | None = None) -> str | None:
     return text[:limit] if limit else text
 
 
-def to_row(job_id: str, event: dict[str, Any]) -> dict[str, Any]:
-    """A `job_event` row from one ansible-runner event."""
-    data = event.get("event_data") or {}
+def to_row(job_id: str, event: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+    """A `job_event` row from one ansible-runner event, configured secrets masked.
+
+    Every event passes here before it is stored or streamed, so this is the one place output is redacted.
+    """
+    data = redactor.data(event.get("event_data") or {})
     return {
         "job_id": job_id,
         "seq": int(event["counter"]),
@@ -54,7 +58,7 @@ def to_row(job_id: str, event: dict[str, Any]) -> dict[str, Any]:
         "host": _text(data.get("host") or data.get("remote_addr"), 255),
         "task": _text(data.get("task")),
         "play": _text(data.get("play")),
-        "stdout": event.get("stdout") or "",
+        "stdout": redactor.text(event.get("stdout") or ""),
         "created": _created(event.get("created")),
         "data": data,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -71,6 +72,9 @@ def run_ansible(
         return False
 
     cmdline = [flag for flag, wanted in (("--check", job.check), ("--diff", job.diff)) if wanted]
+    if settings.vault_password_file is not None:
+        # A file Ansible reads itself: the password never passes through argv, the environment or a prompt.
+        cmdline += ["--vault-password-file", shlex.quote(str(settings.vault_password_file))]
     kwargs: dict[str, Any] = {
         "private_data_dir": str(workspace.private_data_dir),
         "project_dir": str(workspace.project_dir),
@@ -83,6 +87,10 @@ def run_ansible(
         "event_handler": _keep_event(channel),
         "cancel_callback": stop_check,
     }
+    ssh_key = settings.ssh_private_key()
+    if ssh_key:
+        # ansible-runner hands the key to an ssh-agent of this run through a FIFO it removes once read.
+        kwargs["ssh_key"] = ssh_key
     if workspace.inventory is not None:
         kwargs["inventory"] = workspace.inventory
     if job.limit:
@@ -101,6 +109,9 @@ def run_ansible(
         runner = ansible_runner.run(**kwargs)
     finally:
         channel.close()
+    if cancel.is_set() or timed_out:
+        # Once more: a process forked while the first sweep read /proc escaped it.
+        kill_run_processes(job.id)
     return RunOutcome(status=str(runner.status), rc=runner.rc, timed_out=timed_out)
 
 

@@ -23,6 +23,7 @@ from service.errors import ServiceError
 from service.jobs.repository import EventRepository, JobRepository
 from service.models import Job, JobStatus
 from service.queue import cancel_key
+from service.redaction import Redactor
 from service.runner.events import STATS_EVENT, EventChannel, host_stats, read_event_files, to_row
 from service.runner.execute import RunOutcome, run_ansible
 from service.runner.workspace import Workspace, create_private_dir, fetch_source, prepare
@@ -35,6 +36,12 @@ T = TypeVar("T")
 _TRANSIENT_DB = (OperationalError, DBAPIError, OSError)
 
 
+@dataclass
+class WorkerHealth:
+    # time.monotonic() since which the database has answered every heartbeat; None while it does not.
+    db_reachable_since: float | None = None
+
+
 @dataclass(frozen=True)
 class WorkerDeps:
     settings: Settings
@@ -43,9 +50,11 @@ class WorkerDeps:
     redis: Redis
     worker_id: str
     limiter: anyio.CapacityLimiter
+    redactor: Redactor
     mirrors: MirrorCache
     # Runs in progress on this worker: the heartbeat keeps them alive for the reaper.
     active: set[str] = field(default_factory=set)
+    health: WorkerHealth = field(default_factory=WorkerHealth)
 
 
 async def retry_db(
@@ -104,7 +113,11 @@ class EventRecorder:
         return True
 
     async def _store(self, batch: list[dict[str, Any]]) -> None:
-        rows = [to_row(self.job_id, event) for event in batch if int(event["counter"]) > self.stored_seq]
+        rows = [
+            to_row(self.job_id, event, self.deps.redactor)
+            for event in batch
+            if int(event["counter"]) > self.stored_seq
+        ]
         if not rows:
             return
         if rows[0]["seq"] != self.stored_seq + 1:
@@ -369,6 +382,8 @@ async def _finish(
     *,
     for_s: float | None,
 ) -> None:
+    reason = None if reason is None else deps.redactor.text(reason)
+
     async def write() -> bool:
         async with deps.sessions() as session:
             finished = await JobRepository(session).finish(
