@@ -59,10 +59,14 @@ class Settings(BaseSettings):
     # Finished jobs and their events older than this are deleted (0: keep everything).
     retention_days: int = Field(default=30, ge=0)
     sweep_interval: int = Field(default=10, ge=1, le=60)
+    # The worker's Prometheus endpoint (0: none). Off by default: several workers share a host in dev.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     # API.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     db_pool_size: int = Field(default=10, ge=1)
+    # /metrics re-reads job counts and queue depth at most this often (one GROUP BY per period).
+    metrics_max_age: float = Field(default=5, ge=0)
 
     # Tests set this to keep ansible-runner's artifacts for inspection.
     keep_work_dirs: bool = False

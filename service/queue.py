@@ -108,9 +108,14 @@ class JobQueue:
             await pipe.execute()
 
     async def depth(self) -> dict[str, int]:
-        """arq keeps a run in its sorted set until it finishes: ZCARD is waiting + running."""
-        inflight = int(await self.redis.zcard(self.queue_name))
+        """arq keeps a run in its sorted set until it finishes: its members are waiting + running.
+
+        Running ones are those members with an in-progress key. (In-progress keys carry no queue name:
+        scanning for them would count the runs of every queue sharing this Redis.)
+        """
+        members = await self.redis.zrange(self.queue_name, 0, -1)
         running = 0
-        async for _ in self.redis.scan_iter(match=f"{in_progress_key_prefix}*", count=1000):
-            running += 1
-        return {"queued": max(inflight - running, 0), "running": running, "inflight": inflight}
+        for start in range(0, len(members), 1000):
+            chunk = members[start : start + 1000]
+            running += int(await self.redis.exists(*(in_progress_key_prefix.encode() + m for m in chunk)))
+        return {"queued": len(members) - running, "running": running, "inflight": len(members)}

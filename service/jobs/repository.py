@@ -150,6 +150,16 @@ class JobRepository:
         )
         return _rowcount(result) == 1
 
+    async def count_by_status(self) -> dict[str, int]:
+        """Jobs per status, every status present (0 when none): the index on status answers it."""
+        result = await self.session.execute(
+            sa.select(col(Job.status), sa.func.count()).group_by(col(Job.status))
+        )
+        counts = {status.value: 0 for status in JobStatus}
+        for status, count in result.all():
+            counts[str(getattr(status, "value", status))] = int(count)
+        return counts
+
     async def is_cancel_requested(self, job_id: str) -> bool:
         result = await self.session.execute(sa.select(col(Job.cancel_requested)).where(col(Job.id) == job_id))
         return bool(result.scalar_one_or_none())

@@ -106,6 +106,10 @@ class EventChannel:
         self._closed = False
         self.spilled = False
 
+    def __len__(self) -> int:
+        """Events waiting for the consumer (read without the lock: a metric, not a decision)."""
+        return len(self._items)
+
     def put(self, event: dict[str, Any]) -> None:
         """Called from the runner thread."""
         with self._lock:

@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import ansible_runner
+import structlog
 
 from service.config import Settings
 from service.models import Job
 from service.runner.events import EventChannel
 from service.runner.workspace import Workspace
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,8 @@ def run_ansible(
         runner = ansible_runner.run(**kwargs)
     finally:
         channel.close()
+    # Logged from the runner thread: anyio copies the caller's context into it, job_id included.
+    log.info("ansible-runner returned", status=runner.status, rc=runner.rc)
     return RunOutcome(status=str(runner.status), rc=runner.rc, timed_out=timed_out)
 
 
