@@ -48,8 +48,10 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
-    # ansible-runner logs every event at DEBUG; uvicorn's access log duplicates our request metrics.
+    # ansible-runner logs every event at DEBUG; uvicorn's access log duplicates our request metrics (and
+    # costs a formatted line per request on the hot path of GET /jobs/{id}).
     logging.getLogger("ansible-runner").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
 
 _JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

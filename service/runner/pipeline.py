@@ -86,7 +86,10 @@ class EventRecorder:
         self.stalled = False
 
     async def consume(self, channel: EventChannel) -> None:
-        while (batch := await channel.get_batch(self.deps.settings.event_batch_size)) is not None:
+        settings = self.deps.settings
+        while (
+            batch := await channel.get_batch(settings.event_batch_size, settings.event_batch_linger)
+        ) is not None:
             if not self.stalled:
                 await self._store(batch)
 
