@@ -12,6 +12,7 @@ import json
 import platform
 import sys
 import time
+import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,21 +38,30 @@ def main() -> int:
         "settings": BENCH.model_dump(),
         "figures": {},
     }
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{started.strftime('%Y-%m-%dT%H%M%SZ')}.json"
+    failed = []
     for name in chosen:
         began = time.monotonic()
         progress(f"--- {name}")
-        module = importlib.import_module(f"bench.{name}")
-        report["figures"][name] = module.run()
-        report["figures"][name]["seconds"] = round(time.monotonic() - began, 1)
-    report["machine"]["load_after"] = load()
-    report["finished"] = datetime.now(UTC).isoformat()
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{started.strftime('%Y-%m-%dT%H%M%SZ')}.json"
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        try:
+            figures = importlib.import_module(f"bench.{name}").run()
+        except Exception as exc:
+            # One benchmark's failure (a shared server refusing, say) must not lose the others' figures.
+            traceback.print_exc()
+            figures = {"error": f"{type(exc).__name__}: {exc}"}
+            failed.append(name)
+        report["figures"][name] = {**figures, "seconds": round(time.monotonic() - began, 1)}
+        report["machine"]["load_after"] = load()
+        report["finished"] = datetime.now(UTC).isoformat()
+        # Written after every benchmark: a long run interrupted keeps what it measured.
+        path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if failed:
+        sys.stderr.write(f"failed: {', '.join(failed)}\n")
     sys.stdout.write(
         f"\nfigures written to {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}\n"
     )
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

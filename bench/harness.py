@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ansible_runner
 import httpx
@@ -136,7 +136,7 @@ def service(workers: int = 1, **extra: str) -> Iterator[Stack]:
     """An API and `workers` workers on a fresh database and queue; everything is stopped and dropped after."""
     with scratch() as tmp:
         playbooks = write_playbooks(tmp / "playbooks")
-        database_url, drop = fresh_database(BENCH.database_url, tmp)
+        database_url, drop = shared_server(lambda: fresh_database(BENCH.database_url, tmp))
         try:
             migrate(Settings(database_url=database_url))
             work_dir = tmp / "work"
@@ -177,6 +177,22 @@ def service(workers: int = 1, **extra: str) -> Iterator[Stack]:
                 stack.stop()
         finally:
             drop()
+
+
+T = TypeVar("T")
+
+
+def shared_server(action: Callable[[], T], deadline_s: float = 120) -> T:
+    """Retry `action` while the shared MariaDB refuses connections (other suites on this machine)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return action()
+        except sa.exc.OperationalError as exc:
+            if "Too many connections" not in str(exc) or time.monotonic() > deadline:
+                raise
+            progress("MariaDB has too many connections (shared machine), retrying")
+            time.sleep(2)
 
 
 def wait_workers_ready(stack: Stack, deadline_s: float = 60) -> None:

@@ -15,7 +15,17 @@ from typing import Any
 import anyio
 import sqlalchemy as sa
 
-from bench.harness import BENCH, Row, load, print_table, progress, runner_run, scratch, write_playbooks
+from bench.harness import (
+    BENCH,
+    Row,
+    load,
+    print_table,
+    progress,
+    runner_run,
+    scratch,
+    shared_server,
+    write_playbooks,
+)
 from service.cli import migrate
 from service.config import Settings
 from service.db import create_engine, session_factory
@@ -103,7 +113,7 @@ def run() -> dict[str, Any]:
         _, recorded = runner_run(playbooks, "heavy.yml", "inventory/hosts50.yml", tmp)
         recorded = [event for event in recorded if "counter" in event]
         events = _replay(recorded, BENCH.pipeline_events)
-        database_url, drop = fresh_database(BENCH.database_url, tmp)
+        database_url, drop = shared_server(lambda: fresh_database(BENCH.database_url, tmp))
         try:
             settings = Settings(database_url=database_url, redis_url=BENCH.redis_url)
             migrate(settings)
