@@ -19,6 +19,7 @@ from bench.harness import (
     rss_mib,
     service,
     status_counts,
+    unsuccessful,
     wait_finished,
     wait_workers_ready,
 )
@@ -66,6 +67,7 @@ def run() -> dict[str, Any]:
         elapsed = time.perf_counter() - started
         rss_after = [rss_mib(pid) for pid in workers]
         statuses = status_counts(stack)
+        failures = unsuccessful(stack)
         engine = stack.db()
         with engine.connect() as connection:
             per_worker: dict[str, int] = dict(
@@ -104,6 +106,7 @@ def run() -> dict[str, Any]:
         "submit_s": submitted,
         "seconds": elapsed,
         "statuses": statuses,
+        "unsuccessful": failures,
         "runs_per_worker": list(per_worker.values()),
         "get_latency_s": {
             "p50": percentile(latencies, 50),

@@ -27,6 +27,7 @@ from bench.harness import (
     scratch,
     service,
     status_counts,
+    unsuccessful,
     wait_finished,
     wait_workers_ready,
     write_playbooks,
@@ -74,6 +75,7 @@ def run() -> dict[str, Any]:
             _submit(stack, extra)
             wait_finished(stack, jobs + extra, deadline_s=extra * 20, tick=lambda done: sample(done))
         final_statuses = status_counts(stack)
+        failures = unsuccessful(stack)
 
     worker_cpu = after.own - before.own
     ansible_cpu = after.children - before.children
@@ -123,6 +125,7 @@ def run() -> dict[str, Any]:
         "ansible_cpu_s": ansible_cpu,
         "statuses": statuses,
         "final_statuses": final_statuses,
+        "unsuccessful": failures,
         "memory": {
             "idle_mib": idle_rss,
             "warm_mib": warm,

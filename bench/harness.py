@@ -320,6 +320,17 @@ def wait_finished(
         engine.dispose()
 
 
+def unsuccessful(stack: Stack) -> list[dict[str, Any]]:
+    """Jobs that did not end `successful`, with their reasons (for the results: the database is dropped)."""
+    engine = stack.db()
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT id, status, reason, worker_id FROM job WHERE status <> 'successful'")
+        ).all()
+    engine.dispose()
+    return [dict(row._mapping) for row in rows]
+
+
 def status_counts(stack: Stack) -> dict[str, int]:
     engine = stack.db()
     with engine.connect() as connection:

@@ -80,6 +80,8 @@ def _compare(reps: int, playbook: str, inventory: str) -> dict[str, Any]:
     return {
         "samples_s": samples,
         "median_s": {way: median(values) for way, values in samples.items()},
+        # The fastest repetition: the figure a noisy neighbour disturbs least.
+        "min_s": {way: min(values) for way, values in samples.items()},
         "events": events_stored,
         "runner_events": runner_events,
     }
@@ -94,6 +96,8 @@ def run() -> dict[str, Any]:
 
     t = trivial["median_s"]
     h = heavy["median_s"]
+    t_min = trivial["min_s"]
+    h_min = heavy["min_s"]
     overhead = t["service"] - t["bare"]
     heavy_vs_runner = h["service"] / h["runner"]
     heavy_vs_bare = h["service"] / h["bare"]
@@ -103,22 +107,28 @@ def run() -> dict[str, Any]:
     rows = [
         Row(
             "trivial run, POST → final status seen",
-            f"{t['service']:.2f} s (overhead {overhead * 1000:+.0f} ms)",
-            f"bare {t['bare']:.2f} s; warm ansible_runner.run {t['runner']:.2f} s",
+            f"{t['service']:.2f} s (overhead {overhead * 1000:+.0f} ms); fastest"
+            f" {t_min['service']:.2f} s ({(t_min['service'] - t_min['bare']) * 1000:+.0f} ms)",
+            f"bare {t['bare']:.2f} s (fastest {t_min['bare']:.2f}); warm ansible_runner.run"
+            f" {t['runner']:.2f} s (fastest {t_min['runner']:.2f})",
             "overhead ≤ 250 ms over bare",
             overhead <= 0.25,
         ),
         Row(
             "start latency POST → running (idle worker)",
-            f"{t['start'] * 1000:.0f} ms median, {max(trivial['samples_s']['start']) * 1000:.0f} ms max",
+            f"{t['start'] * 1000:.0f} ms median, {t_min['start'] * 1000:.0f} ms min,"
+            f" {max(trivial['samples_s']['start']) * 1000:.0f} ms max",
             "—",
             "median ≤ 50 ms",
             t["start"] <= 0.05,
         ),
         Row(
             "event-heavy run (50 hosts x 10 tasks)",
-            f"{h['service']:.2f} s = {heavy_vs_runner:.3f}x runner, {heavy_vs_bare:.3f}x bare",
-            f"bare {h['bare']:.2f} s; warm runner {h['runner']:.2f} s ({runner_vs_bare:.3f}x bare)",
+            f"{h['service']:.2f} s = {heavy_vs_runner:.3f}x runner, {heavy_vs_bare:.3f}x bare; fastest"
+            f" {h_min['service']:.2f} s = {h_min['service'] / h_min['runner']:.3f}x runner,"
+            f" {h_min['service'] / h_min['bare']:.3f}x bare",
+            f"bare {h['bare']:.2f} s (fastest {h_min['bare']:.2f}); warm runner {h['runner']:.2f} s"
+            f" (fastest {h_min['runner']:.2f}; {runner_vs_bare:.3f}x bare)",
             "≤ 1.05x runner (must), ≤ 1.10x bare (stretch)",
             heavy_vs_runner <= 1.05,
         ),
