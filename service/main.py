@@ -7,13 +7,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api import health, jobs, queue
+from service.api import health, jobs, metrics, queue
 from service.api.auth import Authenticator
 from service.api.errors import install_error_handlers
 from service.api.limits import BodyLimitMiddleware
 from service.config import Settings, get_settings
 from service.db import create_engine, session_factory
 from service.logging import configure_logging
+from service.metrics import ApiMetrics, RequestMiddleware
 from service.queue import JobQueue, create_redis
 from service.redaction import Redactor
 
@@ -25,6 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings.require_redis_url()
     configure_logging(settings, Redactor(settings.secret_values()))
     authenticator = Authenticator(settings)
+    api_metrics = ApiMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -32,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redis = create_redis(settings)
         app.state.settings = settings
         app.state.authenticator = authenticator
+        app.state.metrics = api_metrics
         app.state.sessions = session_factory(engine)
         app.state.redis = redis
         app.state.queue = JobQueue(redis, settings)
@@ -50,8 +53,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth
     )
+    # Outermost: every answer, a refused body included, is counted and carries the request id.
+    app.add_middleware(RequestMiddleware, metrics=api_metrics)
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(jobs.router)
     app.include_router(queue.build_router(settings))
     return app
