@@ -180,17 +180,9 @@ def _backends(tmp: Path) -> Iterator[tuple[str, str, str]]:
         yield database_url, redis_url, f"{server.split(':', 1)[0]}, {redis_url}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.stream", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=200)
-    parser.add_argument("--rate", type=float, default=20, help="events stored per second")
-    parser.add_argument("--readers", default="1,50,200", help="comma separated reader counts")
-    parser.add_argument("--reader", nargs=3, help=argparse.SUPPRESS)
-    args = parser.parse_args(sys.argv[1:] if __name__ == "__main__" else [])
-    if args.reader:
-        base_url, job_id, count = args.reader
-        print(json.dumps(asyncio.run(_readers(base_url, job_id, int(count)))))
-        return
+def _measure(events: int, rate: float, reader_counts: list[int]) -> dict[str, Any]:
+    """Print the table; return its figures per reader count."""
+    figures: dict[str, Any] = {"events": events, "rate": rate, "readers": {}}
     with tempfile.TemporaryDirectory() as tmp, _backends(Path(tmp)) as (database_url, redis_url, described):
         settings = Settings(database_url=database_url, redis_url=redis_url)
         migrate(settings)
@@ -206,7 +198,7 @@ def main() -> None:
         try:
             wait_http(f"{base_url}/health", api, log)
             print(
-                f"stream latency: {args.events} events at {args.rate:g}/s, one event per commit; {described};"
+                f"stream latency: {events} events at {rate:g}/s, one event per commit; {described};"
                 f" {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
             )
             print(
@@ -214,12 +206,12 @@ def main() -> None:
                 f" {'reader CPU':>11}"
             )
             with httpx.Client(base_url=base_url, timeout=30) as client:
-                for count in (int(value) for value in args.readers.split(",")):
+                for count in reader_counts:
                     job_id = asyncio.run(_create_job(settings))
                     readers = _reader_process(base_url, job_id, count)
                     _wait_readers(client, count, readers)
                     before = _cpu_seconds(api.pid), _cpu_seconds(readers.pid), time.monotonic()
-                    stored = asyncio.run(_write_run(settings, job_id, args.events, args.rate))
+                    stored = asyncio.run(_write_run(settings, job_id, events, rate))
                     wall = time.monotonic() - before[2]
                     api_cpu = (_cpu_seconds(api.pid) - before[0]) / wall
                     reader_cpu = (_cpu_seconds(readers.pid) - before[1]) / wall
@@ -227,17 +219,45 @@ def main() -> None:
                     results: list[list[tuple[int, float]]] = json.loads(output)
                     latencies = [(at - stored[seq]) * 1000 for result in results for seq, at in result]
                     complete = sum(
-                        [seq for seq, _ in result] == list(range(1, args.events + 1)) for result in results
+                        [seq for seq, _ in result] == list(range(1, events + 1)) for result in results
                     )
+                    row = {
+                        "complete": complete,
+                        "p50_ms": round(statistics.median(latencies), 1),
+                        "p99_ms": round(_percentile(latencies, 0.99), 1),
+                        "max_ms": round(max(latencies), 1),
+                        "api_cpu_pct": round(api_cpu * 100),
+                        "reader_cpu_pct": round(reader_cpu * 100),
+                    }
+                    figures["readers"][count] = row
                     print(
-                        f"{count:>8} {f'{complete}/{count}':>9} {statistics.median(latencies):>8.1f}"
-                        f" {_percentile(latencies, 0.99):>8.1f} {max(latencies):>8.1f} {api_cpu * 100:>7.0f}%"
-                        f" {reader_cpu * 100:>10.0f}%",
+                        f"{count:>8} {f'{complete}/{count}':>9} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f}"
+                        f" {row['max_ms']:>8.1f} {row['api_cpu_pct']:>7}% {row['reader_cpu_pct']:>10}%",
                         flush=True,
                     )
         finally:
             api.terminate()
             api.wait(timeout=30)
+    return figures
+
+
+def run() -> dict[str, Any]:
+    """For `python -m bench`: the default sizes."""
+    return _measure(200, 20, [1, 50, 200])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.stream", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=20, help="events stored per second")
+    parser.add_argument("--readers", default="1,50,200", help="comma separated reader counts")
+    parser.add_argument("--reader", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.reader:
+        base_url, job_id, count = args.reader
+        print(json.dumps(asyncio.run(_readers(base_url, job_id, int(count)))))
+        return
+    _measure(args.events, args.rate, [int(value) for value in args.readers.split(",")])
 
 
 if __name__ == "__main__":

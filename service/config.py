@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     runner_poll_interval: float = Field(default=0.1, gt=0, le=5)
     # At most this many events per INSERT; batches form by themselves while a write is in flight.
     event_batch_size: int = Field(default=500, ge=1, le=10_000)
+    # How long a batch waits for more events after its first: the live stream's added latency, traded for
+    # one write per burst of events (a task start and its hosts) instead of one per event.
+    event_batch_linger: float = Field(default=0.05, ge=0, le=1)
     # Events waiting to be written before ansible-runner is made to wait (back-pressure, never a drop).
     event_buffer_size: int = Field(default=20_000, ge=100)
     stream_maxlen: int = Field(default=10_000, ge=100)
@@ -79,6 +82,8 @@ class Settings(BaseSettings):
     # Finished jobs and their events older than this are deleted (0: keep everything).
     retention_days: int = Field(default=30, ge=0)
     sweep_interval: int = Field(default=10, ge=1, le=60)
+    # The worker's Prometheus endpoint (0: none). Off by default: several workers share a host in dev.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     # API.
     # How long an Idempotency-Key returns the job it first created.
@@ -100,6 +105,8 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1)
     # GET /api/v1/queue without a token, for an autoscaler inside the cluster that holds none.
     queue_endpoint_public: bool = False
+    # /metrics re-reads job counts and queue depth at most this often (one GROUP BY per period).
+    metrics_max_age: float = Field(default=5, ge=0)
     # Live output (GET /jobs/{id}/stream): a keep-alive comment this often; readers look at the database
     # after `stream_recheck_interval` s without live news, and every `stream_poll_interval` s while Redis
     # is unavailable.

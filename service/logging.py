@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import structlog
@@ -21,6 +22,8 @@ def configure_logging(settings: Settings, redactor: Redactor = NO_SECRETS) -> No
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # Set on foreign (stdlib) records by JobIdFilter.
+        structlog.stdlib.ExtraAdder(allow=["job_id"]),
     ]
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
@@ -48,5 +51,22 @@ def configure_logging(settings: Settings, redactor: Redactor = NO_SECRETS) -> No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
-    # ansible-runner logs every event at DEBUG; uvicorn's access log duplicates our request metrics.
+    # ansible-runner logs every event at DEBUG; uvicorn's access log duplicates our request metrics (and
+    # costs a formatted line per request on the hot path of GET /jobs/{id}).
     logging.getLogger("ansible-runner").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+_JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+class JobIdFilter(logging.Filter):
+    """Gives arq's own lines about a run (queued, started, finished) the run's `job_id` field.
+
+    arq logs them outside our task's context, with the job id (= our job id) only in the message.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "job_id") and (found := _JOB_ID.search(record.getMessage())):
+            record.job_id = found.group(0)
+        return True

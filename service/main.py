@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api import health, jobs, queue, stream
+from service.api import health, jobs, metrics, queue, stream
 from service.api.auth import Authenticator
 from service.api.errors import install_error_handlers
 from service.api.limits import BodyLimitMiddleware
@@ -15,6 +15,7 @@ from service.config import Settings, get_settings
 from service.db import create_engine, session_factory
 from service.live import LiveHub, create_live_redis
 from service.logging import configure_logging
+from service.metrics import ApiMetrics, RequestMiddleware
 from service.queue import JobQueue, create_redis
 from service.redaction import Redactor
 
@@ -26,6 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings.require_redis_url()
     configure_logging(settings, Redactor(settings.secret_values()))
     authenticator = Authenticator(settings)
+    api_metrics = ApiMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -33,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redis = create_redis(settings)
         app.state.settings = settings
         app.state.authenticator = authenticator
+        app.state.metrics = api_metrics
         app.state.sessions = session_factory(engine)
         app.state.redis = redis
         app.state.queue = JobQueue(redis, settings)
@@ -56,8 +59,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth
     )
+    # Outermost: every answer, a refused body included, is counted and carries the request id.
+    app.add_middleware(RequestMiddleware, metrics=api_metrics)
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(jobs.router)
     app.include_router(queue.build_router(settings))
     app.include_router(stream.router)

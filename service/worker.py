@@ -19,6 +19,7 @@ import structlog
 from arq.connections import ArqRedis
 from arq.cron import cron
 from arq.worker import func
+from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -27,7 +28,7 @@ from service.config import get_settings, scrub_environment
 from service.db import create_engine, session_factory
 from service.jobs import service as jobs
 from service.jobs.repository import JobRepository
-from service.logging import configure_logging
+from service.logging import JobIdFilter, configure_logging
 from service.models import utcnow
 from service.queue import RUN_JOB, JobQueue, create_arq_redis, create_redis
 from service.redaction import Redactor
@@ -46,6 +47,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     # arq's CLI gives its logger a handler of its own; ours formats everything once.
     logging.getLogger("arq").handlers.clear()
     logging.getLogger("arq").propagate = True
+    logging.getLogger("arq.worker").addFilter(JobIdFilter())
     engine = create_engine(settings, pool_size=settings.worker_max_jobs + 2)
     arq_redis: ArqRedis = ctx["redis"]
     deps = WorkerDeps(
@@ -61,12 +63,20 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["deps"] = deps
     ctx["queue"] = JobQueue(arq_redis, settings)
     ctx["heartbeat"] = asyncio.create_task(heartbeat(deps))
+    deps.metrics.runs_in_flight.set_function(lambda: len(deps.active))
+    deps.metrics.backlog.set_function(lambda: sum(len(channel) for channel in list(deps.channels)))
+    if settings.worker_metrics_port:
+        # A thread of prometheus-client's own: scrapes are answered even while the loop is busy.
+        server, _ = start_http_server(settings.worker_metrics_port, registry=deps.metrics.registry)
+        ctx["metrics_server"] = server
     log.info("worker started", worker_id=deps.worker_id, max_jobs=settings.worker_max_jobs)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     if "heartbeat" in ctx:
         ctx["heartbeat"].cancel()
+    if "metrics_server" in ctx:
+        ctx["metrics_server"].shutdown()
     if "deps" in ctx:
         await ctx["deps"].redis.aclose()
     if "engine" in ctx:

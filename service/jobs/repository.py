@@ -23,6 +23,11 @@ class JobFilters:
     created_after: datetime | None = None
 
 
+# The tables themselves, for Core statements on hot paths.
+_JOB_TABLE = cast(sa.Table, Job.__table__)  # type: ignore[attr-defined]
+_EVENT_TABLE = cast(sa.Table, JobEvent.__table__)  # type: ignore[attr-defined]
+
+
 def _rowcount(result: sa.Result[Any]) -> int:
     return cast(CursorResult[Any], result).rowcount
 
@@ -166,6 +171,16 @@ class JobRepository:
         )
         return _rowcount(result) == 1
 
+    async def count_by_status(self) -> dict[str, int]:
+        """Jobs per status, every status present (0 when none): the index on status answers it."""
+        result = await self.session.execute(
+            sa.select(col(Job.status), sa.func.count()).group_by(col(Job.status))
+        )
+        counts = {status.value: 0 for status in JobStatus}
+        for status, count in result.all():
+            counts[str(getattr(status, "value", status))] = int(count)
+        return counts
+
     async def is_cancel_requested(self, job_id: str) -> bool:
         result = await self.session.execute(sa.select(col(Job.cancel_requested)).where(col(Job.id) == job_id))
         return bool(result.scalar_one_or_none())
@@ -200,13 +215,18 @@ class EventRepository:
         self.session = session
 
     async def add_batch(self, job_id: str, rows: Sequence[dict[str, Any]], event_count: int) -> None:
-        """Insert a batch of events in one statement and move the job's live event count."""
+        """Insert a batch of events in one statement and move the job's live event count.
+
+        Core statements on the session's connection: the hot path of a run skips the ORM's bulk
+        machinery (no objects are loaded here for it to keep in sync).
+        """
+        connection = await self.session.connection()
         # The job row is locked first: inserting events first takes a shared lock on it (the foreign key)
         # that the UPDATE then upgrades, and a concurrent cancel's UPDATE makes that a deadlock on MariaDB.
-        await self.session.execute(
-            sa.update(Job).where(col(Job.id) == job_id).values(event_count=event_count)
+        await connection.execute(
+            sa.update(_JOB_TABLE).where(_JOB_TABLE.c.id == job_id).values(event_count=event_count)
         )
-        await self.session.execute(sa.insert(JobEvent), list(rows))
+        await connection.execute(sa.insert(_EVENT_TABLE), list(rows))
 
     async def delete_range(self, job_id: str, *, after: int, up_to: int) -> int:
         """Delete events after < seq <= up_to: a primary-key range, so the lock stays small."""

@@ -110,6 +110,7 @@ async def submit(
             raise
         return existing, False
     await _enqueue(queue, job)
+    log.info("job submitted", job_id=job.id, playbook=job.playbook, priority=job.priority)
     return job, True
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import threading
 from datetime import UTC, datetime
@@ -106,9 +107,14 @@ class EventChannel:
         self._items: collections.deque[dict[str, Any]] = collections.deque()
         self._lock = threading.Lock()
         self._ready = asyncio.Event()
+        self._ended = asyncio.Event()
         self._signalled = False
         self._closed = False
         self.spilled = False
+
+    def __len__(self) -> int:
+        """Events waiting for the consumer (read without the lock: a metric, not a decision)."""
+        return len(self._items)
 
     def put(self, event: dict[str, Any]) -> None:
         """Called from the runner thread."""
@@ -130,17 +136,23 @@ class EventChannel:
             self._closed = True
             wake = not self._signalled
             self._signalled = True
+        self._loop.call_soon_threadsafe(self._ended.set)
         if wake:
             self._loop.call_soon_threadsafe(self._ready.set)
 
-    async def get_batch(self, max_items: int) -> list[dict[str, Any]] | None:
-        """Whatever waits, up to `max_items`, as soon as there is something; None once closed and drained.
+    async def get_batch(self, max_items: int, linger: float = 0) -> list[dict[str, Any]] | None:
+        """Up to `max_items` events, once some wait; None once closed and drained.
 
-        Batches grow by themselves while the consumer is busy writing, and stay small (low latency) when
-        events are sparse.
+        After the first event of a batch the consumer lingers up to `linger` seconds (not once the run
+        ended, nor for a full batch): Ansible emits events in bursts (task start, then one per host), and
+        one write per burst instead of one per event is most of a worker's CPU on small runs. Batches also
+        grow by themselves while the consumer is busy writing.
         """
         while True:
             await self._ready.wait()
+            if linger and not self._ended.is_set() and len(self._items) < max_items:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ended.wait(), linger)
             with self._lock:
                 batch = [self._items.popleft() for _ in range(min(max_items, len(self._items)))]
                 if not self._items:

@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import ansible_runner
+import structlog
 
 from service.config import Settings
 from service.models import Job
 from service.runner.events import EventChannel
 from service.runner.workspace import Workspace
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,8 @@ def run_ansible(
     if cancel.is_set() or timed_out:
         # Once more: a process forked while the first sweep read /proc escaped it.
         kill_run_processes(job.id)
+    # Logged from the runner thread: anyio copies the caller's context into it, job_id included.
+    log.info("ansible-runner returned", status=runner.status, rc=runner.rc)
     return RunOutcome(status=str(runner.status), rc=runner.rc, timed_out=timed_out)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,6 +22,7 @@ from service import live
 from service.config import Settings
 from service.errors import ServiceError
 from service.jobs.repository import EventRepository, JobRepository
+from service.metrics import WorkerMetrics
 from service.models import Job, JobStatus
 from service.queue import cancel_key
 from service.redaction import Redactor
@@ -55,6 +57,9 @@ class WorkerDeps:
     # Runs in progress on this worker: the heartbeat keeps them alive for the reaper.
     active: set[str] = field(default_factory=set)
     health: WorkerHealth = field(default_factory=WorkerHealth)
+    # The hand-offs of the runs in progress: what they hold is the worker's event backlog.
+    channels: set[EventChannel] = field(default_factory=set)
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
 
 
 async def retry_db(
@@ -94,7 +99,10 @@ class EventRecorder:
         self.stalled = False
 
     async def consume(self, channel: EventChannel) -> None:
-        while (batch := await channel.get_batch(self.deps.settings.event_batch_size)) is not None:
+        settings = self.deps.settings
+        while (
+            batch := await channel.get_batch(settings.event_batch_size, settings.event_batch_linger)
+        ) is not None:
             if not self.stalled:
                 await self._store(batch)
 
@@ -134,6 +142,7 @@ class EventRecorder:
                 await EventRepository(session).add_batch(self.job_id, rows, last)
                 await session.commit()
 
+        started = time.perf_counter()
         try:
             await retry_db(self.deps, "store events", write, for_s=self.deps.settings.db_retry_for)
         except IntegrityError:
@@ -147,6 +156,8 @@ class EventRecorder:
             return
         self.stored_seq = last
         await self._publish(rows)
+        self.deps.metrics.events.inc(len(rows))
+        self.deps.metrics.batch_latency.observe(time.perf_counter() - started)
 
     async def _resync(self) -> None:
         async with self.deps.sessions() as session:
@@ -237,21 +248,27 @@ async def execute_run(deps: WorkerDeps, job_id: str) -> None:
         return
     log.info("run started", playbook=job.playbook)
     deps.active.add(job_id)
+    started = time.monotonic()
     try:
-        await _execute_claimed(deps, job)
+        status = await _execute_claimed(deps, job)
     finally:
         deps.active.discard(job_id)
+    deps.metrics.run_duration.labels(playbook=job.playbook, status=status.value).observe(
+        time.monotonic() - started
+    )
 
 
-async def _execute_claimed(deps: WorkerDeps, job: Job) -> None:
+async def _execute_claimed(deps: WorkerDeps, job: Job) -> JobStatus:
+    """Carry out a claimed run; returns its final status (raises when the worker is stopped)."""
     job_id = job.id
     workspace = await _prepare(deps, job)
     if workspace is None:
-        return
+        return JobStatus.error
 
     recorder = EventRecorder(deps, job_id)
     cancel = threading.Event()
     channel = EventChannel(asyncio.get_running_loop(), deps.settings.event_buffer_size)
+    deps.channels.add(channel)
     try:
         try:
             async with anyio.create_task_group() as group:
@@ -280,7 +297,7 @@ async def _execute_claimed(deps: WorkerDeps, job: Job) -> None:
                     recorder.stored_seq,
                     for_s=None,
                 )
-            return
+            return JobStatus.error
         stored_all = await recorder.complete(workspace)
         stats = host_stats(recorder.stats) if recorder.stats is not None else None
         status, reason = _final(outcome, job.timeout or deps.settings.max_run_timeout, cancel, stats)
@@ -295,7 +312,9 @@ async def _execute_claimed(deps: WorkerDeps, job: Job) -> None:
         # Never left running: the final status is retried until the database takes it.
         await _finish(deps, job_id, status, outcome.rc, reason, stats, recorder.stored_seq, for_s=None)
         log.info("run finished", status=status, rc=outcome.rc, events=recorder.stored_seq)
+        return status
     finally:
+        deps.channels.discard(channel)
         if not deps.settings.keep_work_dirs:
             await anyio.to_thread.run_sync(workspace.remove)
 

@@ -1,0 +1,116 @@
+"""The API alone: GET /api/v1/jobs/{id} and POST /api/v1/jobs, one uvicorn process, wrk on loopback.
+
+No worker runs: POSTed jobs are stored and queued (the figure), not run. wrk (Debian package `wrk`) is the
+load generator, in its own process, one thread, keep-alive connections.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import redis
+
+from bench.harness import BENCH, Row, cpu_times, load, print_table, progress, scratch, service, status_counts
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def _seconds(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+def _wrk(url: str, server_pid: int, script: Path | None = None) -> dict[str, Any]:
+    """wrk's figures, and the API process's CPU time per request (a figure a busy machine disturbs less)."""
+    cpu_before = cpu_times(server_pid).own
+    args = ["wrk", "-t1", f"-c{BENCH.api_connections}", f"-d{BENCH.api_seconds}s", "--latency", url]
+    if script is not None:
+        args[1:1] = ["-s", str(script)]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    cpu = cpu_times(server_pid).own - cpu_before
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    percentiles = {
+        int(q): _seconds(value) for q, value in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.MULTILINE)
+    }
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "req_per_s": rate,
+        "p50_s": percentiles[50],
+        "p99_s": percentiles[99],
+        "requests": total,
+        "non_2xx": int(errors.group(1)) if errors else 0,
+        "api_cpu_ms_per_request": cpu / max(total, 1) * 1000,
+        "raw": out,
+    }
+
+
+def run() -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed: apt-get install -y wrk")
+    load_before = load()
+    with scratch() as tmp, service(workers=0) as stack, stack.client() as client:
+        job = client.post("/api/v1/jobs", json={"playbook": "trivial.yml"}).json()
+        url = f"{stack.base_url}/api/v1/jobs/{job['id']}"
+        progress(f"wrk GET {url}, {BENCH.api_connections} connections, {BENCH.api_seconds} s")
+        get = _wrk(url, stack.processes[0].pid)
+        progress("wrk GET /health (the floor: the same app and server, no database)")
+        floor = _wrk(f"{stack.base_url}/health", stack.processes[0].pid)
+        script = tmp / "post.lua"
+        script.write_text(
+            'wrk.method = "POST"\n'
+            f"wrk.body = {json.dumps(json.dumps({'playbook': 'trivial.yml'}))}\n"
+            'wrk.headers["Content-Type"] = "application/json"\n'
+        )
+        progress("wrk POST /api/v1/jobs")
+        post = _wrk(f"{stack.base_url}/api/v1/jobs", stack.processes[0].pid, script)
+        queue = redis.Redis.from_url(BENCH.redis_url)
+
+        def counts() -> tuple[int, int]:
+            return status_counts(stack).get("queued", 0) - 1, int(
+                cast(int, queue.zcard(stack.env["QUEUE_NAME"]))
+            ) - 1
+
+        # Requests in flight when wrk stopped are still being answered: wait for them to settle.
+        deadline = time.monotonic() + 10
+        while (settled := counts())[0] != settled[1] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stored, queued = settled
+        queue.delete(stack.env["QUEUE_NAME"])
+        queue.close()
+    post_rate = stored / BENCH.api_seconds
+    rows = [
+        Row(
+            "GET /api/v1/jobs/{id}, 1 uvicorn process",
+            f"{get['req_per_s']:,.0f} req/s, p50 {get['p50_s'] * 1000:.1f} ms,"
+            f" p99 {get['p99_s'] * 1000:.1f} ms;"
+            f" API CPU {get['api_cpu_ms_per_request']:.2f} ms/req",
+            f"GET /health (no database): {floor['req_per_s']:,.0f} req/s, p99 {floor['p99_s'] * 1000:.1f} ms,"
+            f" {floor['api_cpu_ms_per_request']:.2f} ms/req; AWX 100-300 req/s per 4-vCPU node",
+            "≥ 1,500 req/s, p99 ≤ 20 ms",
+            get["req_per_s"] >= 1500 and get["p99_s"] <= 0.020 and get["non_2xx"] == 0,
+        ),
+        Row(
+            "POST /api/v1/jobs, stored and queued",
+            f"{post_rate:,.0f} jobs/s ({stored} stored, {queued} queued; p99 {post['p99_s'] * 1000:.0f} ms);"
+            f" API CPU {post['api_cpu_ms_per_request']:.2f} ms/req",
+            "—",
+            "≥ 300 jobs/s",
+            post_rate >= 300 and stored == queued >= post["requests"] - post["non_2xx"],
+        ),
+    ]
+    print_table("API", rows)
+    return {
+        "get": get,
+        "health_floor": floor,
+        "post": {**post, "stored": stored, "queued": queued, "jobs_per_s": post_rate},
+        "rows": [row.as_dict() for row in rows],
+        "load_before": load_before,
+        "load_after": load(),
+    }

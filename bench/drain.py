@@ -1,0 +1,139 @@
+"""Drain: N trivial jobs queued at once, one worker with `max_jobs` tuned; then the same worker's memory.
+
+CPU comes from /proc: the worker's own time, and its children's (ansible-playbook and every process it
+started, all reaped by the time the drain ends). Baseline: the sum of bare ansible-playbook run times of the
+same job divided by the cores, the best any scheduler could do on this machine.
+
+The worker's RSS is sampled idle, after the first runs (warm), and after every run up to BENCH_MEMORY_RUNS
+(the drain's runs count towards it), for the "no growth" figure.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench.harness import (
+    BENCH,
+    CORES,
+    Row,
+    bare_run,
+    cpu_times,
+    load,
+    median,
+    print_table,
+    progress,
+    rss_mib,
+    scratch,
+    service,
+    status_counts,
+    unsuccessful,
+    wait_finished,
+    wait_workers_ready,
+    write_playbooks,
+)
+from tests.conftest import Stack
+
+JOB = {"playbook": "trivial.yml", "inventory": "inventory/hosts1.yml"}
+WARM_RUNS = 20
+
+
+def _submit(stack: Stack, count: int) -> None:
+    with stack.client() as client:
+        for _ in range(count):
+            client.post("/api/v1/jobs", json=JOB).raise_for_status()
+
+
+def run() -> dict[str, Any]:
+    load_before = load()
+    jobs = BENCH.drain_jobs
+    with scratch() as tmp:
+        playbooks = write_playbooks(tmp / "playbooks")
+        progress("bare ansible-playbook of the drain's job, 5 times")
+        bare = [bare_run(playbooks, JOB["playbook"], JOB["inventory"]) for _ in range(5)]
+    with service(WORKER_MAX_JOBS=str(BENCH.drain_max_jobs)) as stack:
+        wait_workers_ready(stack)
+        worker = stack.processes[1].pid
+        idle_rss = rss_mib(worker)
+        before = cpu_times(worker)
+        progress(f"drain: {jobs} jobs, 1 worker, max_jobs {BENCH.drain_max_jobs}")
+        rss_samples: list[tuple[int, float]] = []
+
+        def sample(done: int) -> None:
+            if not rss_samples or rss_samples[-1][0] != done:
+                rss_samples.append((done, rss_mib(worker)))
+
+        started = time.perf_counter()
+        _submit(stack, jobs)
+        wait_finished(stack, jobs, deadline_s=jobs * 20, tick=sample)
+        elapsed = time.perf_counter() - started
+        after = cpu_times(worker)
+        statuses = status_counts(stack)
+        extra = max(BENCH.memory_runs - jobs, 0)
+        if extra:
+            progress(f"memory: {extra} more runs on the same worker ({BENCH.memory_runs} in all)")
+            _submit(stack, extra)
+            wait_finished(stack, jobs + extra, deadline_s=extra * 20, tick=lambda done: sample(done))
+        final_statuses = status_counts(stack)
+        failures = unsuccessful(stack)
+
+    worker_cpu = after.own - before.own
+    ansible_cpu = after.children - before.children
+    ideal = median(bare) * jobs / CORES
+    rate = jobs / elapsed * 60
+    share = worker_cpu / ansible_cpu if ansible_cpu else float("nan")
+    warm = next((rss for done, rss in rss_samples if done >= WARM_RUNS), idle_rss)
+    total_runs = jobs + extra
+    end_rss = rss_samples[-1][1] if rss_samples else idle_rss
+    growth = end_rss - warm
+    rows = [
+        Row(
+            f"drain {jobs} trivial jobs, 1 worker, max_jobs {BENCH.drain_max_jobs}",
+            f"{rate:.0f} jobs/min ({elapsed:.0f} s); CPU/job: worker {worker_cpu / jobs * 1000:.0f} ms,"
+            f" ansible {ansible_cpu / jobs * 1000:.0f} ms",
+            f"bare runs / cores: {jobs / ideal * 60:.0f} jobs/min ({ideal:.0f} s;"
+            f" bare run {median(bare):.2f} s)",
+            "report; worker CPU < 5 % of ansible's",
+            share < 0.05,
+        ),
+        Row(
+            "drain: worker CPU over ansible CPU",
+            f"{share * 100:.1f} % ({worker_cpu:.1f} s vs {ansible_cpu:.1f} s)",
+            "—",
+            "< 5 %",
+            share < 0.05,
+        ),
+        Row(
+            f"worker RSS over {total_runs} runs",
+            f"idle {idle_rss:.0f} MiB, after {WARM_RUNS} runs {warm:.0f} MiB,"
+            f" after {total_runs} {end_rss:.0f} MiB"
+            f" ({growth:+.1f} MiB)",
+            "—",
+            "no growth",
+            growth < 5,
+        ),
+    ]
+    print_table("drain and worker memory", rows)
+    return {
+        "jobs": jobs,
+        "max_jobs": BENCH.drain_max_jobs,
+        "seconds": elapsed,
+        "jobs_per_min": rate,
+        "ideal_jobs_per_min": jobs / ideal * 60,
+        "bare_s": bare,
+        "worker_cpu_s": worker_cpu,
+        "ansible_cpu_s": ansible_cpu,
+        "statuses": statuses,
+        "final_statuses": final_statuses,
+        "unsuccessful": failures,
+        "memory": {
+            "idle_mib": idle_rss,
+            "warm_mib": warm,
+            "end_mib": end_rss,
+            "runs": total_runs,
+            "samples": rss_samples,
+        },
+        "rows": [row.as_dict() for row in rows],
+        "load_before": load_before,
+        "load_after": load(),
+    }

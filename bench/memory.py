@@ -1,0 +1,93 @@
+"""Memory: a worker's RSS idle and with N runs in flight (the worker alone, and its Ansible processes).
+
+Growth over many runs is measured by bench/drain.py on its worker (BENCH_MEMORY_RUNS).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench.harness import (
+    BENCH,
+    Row,
+    descendants,
+    load,
+    print_table,
+    progress,
+    pss_mib,
+    rss_mib,
+    service,
+    status_counts,
+    wait_finished,
+    wait_workers_ready,
+)
+
+PAUSE_S = 15
+
+
+def run() -> dict[str, Any]:
+    load_before = load()
+    runs = BENCH.concurrent_runs
+    with service(WORKER_MAX_JOBS=str(runs)) as stack, stack.client() as client:
+        wait_workers_ready(stack)
+        worker = stack.processes[1].pid
+        idle = rss_mib(worker)
+        progress(f"{runs} concurrent runs pausing {PAUSE_S} s on one worker")
+        for _ in range(runs):
+            client.post(
+                "/api/v1/jobs",
+                json={
+                    "playbook": "pause.yml",
+                    "inventory": "inventory/hosts1.yml",
+                    "extra_vars": {"seconds": PAUSE_S},
+                },
+            ).raise_for_status()
+        deadline = time.monotonic() + PAUSE_S * 3
+        while status_counts(stack).get("running", 0) < runs:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the runs did not all start")
+            time.sleep(0.2)
+        # Let every ansible-playbook reach its pause (its forks started) before reading.
+        time.sleep(3)
+        busy = rss_mib(worker)
+        children = descendants(worker)
+        ansible = sum(_pss_or_zero(pid) for pid in children)
+        wait_finished(stack, runs, deadline_s=PAUSE_S * 4)
+    per_run = (busy - idle) / runs
+    rows = [
+        Row(
+            "worker RSS idle",
+            f"{idle:.0f} MiB",
+            "—",
+            "report",
+            None,
+        ),
+        Row(
+            f"RSS per concurrent run ({runs} in flight)",
+            f"worker +{per_run:.1f} MiB/run ({busy:.0f} MiB);"
+            f" Ansible processes {ansible / runs:.0f} MiB/run (PSS)",
+            "—",
+            "report",
+            None,
+        ),
+    ]
+    print_table("memory", rows)
+    return {
+        "idle_mib": idle,
+        "busy_mib": busy,
+        "concurrent_runs": runs,
+        "worker_mib_per_run": per_run,
+        "ansible_mib_per_run": ansible / runs,
+        "ansible_processes": len(children),
+        "rows": [row.as_dict() for row in rows],
+        "load_before": load_before,
+        "load_after": load(),
+    }
+
+
+def _pss_or_zero(pid: int) -> float:
+    try:
+        return pss_mib(pid)
+    except OSError:
+        return 0.0  # ended between listing and reading

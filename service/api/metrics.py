@@ -1,0 +1,25 @@
+"""GET /metrics: Prometheus text, at the root, without auth (scrapers reach it on the cluster network)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.jobs.repository import JobRepository
+from service.metrics import ApiMetrics
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(request: Request) -> Response:
+    """Requests by route and status, jobs by status, queue depth (run durations: on the workers)."""
+    state = request.app.state
+    api_metrics: ApiMetrics = state.metrics
+
+    async def jobs_by_status() -> dict[str, int]:
+        async with state.sessions() as session:
+            return await JobRepository(session).count_by_status()
+
+    await api_metrics.refresh(state.settings.metrics_max_age, jobs_by_status, state.queue.depth)
+    return Response(generate_latest(api_metrics.registry), media_type=CONTENT_TYPE_LATEST)
