@@ -188,7 +188,7 @@ class Stack:
     def add_worker(self, name: str, **overrides: str) -> subprocess.Popen[bytes]:
         """Another worker process on this stack's queue, with some settings changed."""
         process = start_process(
-            [sys.executable, "-m", "arq", "service.worker.WorkerSettings"],
+            WORKER_COMMAND,
             {**self.env, **overrides},
             self.logs / f"{name}.log",
         )
@@ -205,6 +205,13 @@ class Stack:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def api_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)]
+
+
+WORKER_COMMAND = [sys.executable, "-m", "arq", "service.worker.WorkerSettings"]
 
 
 def start_process(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -224,6 +231,19 @@ def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, deadline_s:
             pass
         time.sleep(0.05)
     raise RuntimeError(f"{url} did not answer:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def lone_api(env: dict[str, str], log: Path) -> Iterator[str]:
+    """An API process of its own (no worker) with this environment; yields its base URL."""
+    port = free_port()
+    process = start_process(api_command(port), env, log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", process, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def service_env(database_url: str, redis_url: str, work_dir: Path, **extra: str) -> dict[str, str]:
@@ -275,7 +295,7 @@ def start_stack(backends: Backends, tmp_path_factory: pytest.TempPathFactory) ->
         started.append((stack, drop))
         api_log = tmp / "api.log"
         api = start_process(
-            [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)],
+            api_command(port),
             env,
             api_log,
         )

@@ -3,65 +3,41 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
 from service.embedded import free_port
-from tests.conftest import ROOT, Backends, service_env, start_process, wait_http
+from tests.conftest import ROOT, WORKER_COMMAND, Backends, api_command, lone_api, service_env
+
+
+def refuses_to_start(command: list[str], env: dict[str, str]) -> str:
+    """Runs a process that must exit by itself, unsuccessfully; returns what it said."""
+    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    return result.stderr
 
 
 def test_api_refuses_to_start_open(backends: Backends, tmp_path: Path) -> None:
     env = service_env(backends.database_server_url, backends.redis_url, tmp_path)
     del env["AUTH_DISABLED"]
-    result = subprocess.run(
-        [sys.executable, "-m", "uvicorn", "service.main:app", "--port", str(free_port())],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode != 0
-    assert "refusing to start an open API" in result.stderr
+    assert "refusing to start an open API" in refuses_to_start(api_command(free_port()), env)
 
 
 def test_worker_refuses_to_start_without_redis(backends: Backends, tmp_path: Path) -> None:
     env = service_env(backends.database_server_url, backends.redis_url, tmp_path)
     del env["REDIS_URL"]
-    result = subprocess.run(
-        [sys.executable, "-m", "arq", "service.worker.WorkerSettings"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode != 0
-    assert "REDIS_URL is not set" in result.stderr
+    assert "REDIS_URL is not set" in refuses_to_start(WORKER_COMMAND, env)
 
 
 def test_ready_is_503_while_redis_is_unreachable(backends: Backends, tmp_path: Path) -> None:
-    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    env = service_env(backends.database_server_url, dead_redis, tmp_path)
-    port = free_port()
-    log = tmp_path / "api.log"
-    api = start_process(
-        [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        env,
-        log,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", api, log)
-        response = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10)
-        assert response.status_code == 503
-        assert response.json()["error"] == "Unavailable"
-        assert "redis" in response.json()["detail"]
-        assert "database" not in response.json()["detail"]
-    finally:
-        api.terminate()
-        api.wait(timeout=30)
+    env = service_env(backends.database_server_url, f"redis://127.0.0.1:{free_port()}/0", tmp_path)
+    with lone_api(env, tmp_path / "api.log") as base_url:
+        response = httpx.get(f"{base_url}/ready", timeout=10)
+    assert response.status_code == 503
+    assert response.json()["error"] == "Unavailable"
+    assert "redis" in response.json()["detail"]
+    assert "database" not in response.json()["detail"]
 
 
 def test_ready_is_200_with_database_and_redis(api: httpx.Client) -> None:
@@ -73,22 +49,11 @@ def test_ready_is_200_with_database_and_redis(api: httpx.Client) -> None:
 
 def test_database_unreachable_is_503_not_500(backends: Backends, tmp_path: Path) -> None:
     env = service_env(f"mysql+aiomysql://root@127.0.0.1:{free_port()}/test", backends.redis_url, tmp_path)
-    port = free_port()
-    log = tmp_path / "api.log"
-    api = start_process(
-        [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        env,
-        log,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", api, log)
-        ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10)
-        assert ready.status_code == 503
-        assert "database" in ready.json()["detail"]
-        response = httpx.get(f"http://127.0.0.1:{port}/api/v1/jobs", timeout=10)
-        assert response.status_code == 503, response.text
-        assert response.json()["error"] == "Unavailable"
-        assert response.headers["Retry-After"] == "5"
-    finally:
-        api.terminate()
-        api.wait(timeout=30)
+    with lone_api(env, tmp_path / "api.log") as base_url:
+        ready = httpx.get(f"{base_url}/ready", timeout=10)
+        response = httpx.get(f"{base_url}/api/v1/jobs", timeout=10)
+    assert ready.status_code == 503
+    assert "database" in ready.json()["detail"]
+    assert response.status_code == 503, response.text
+    assert response.json()["error"] == "Unavailable"
+    assert response.headers["Retry-After"] == "5"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -30,10 +29,9 @@ from tests.conftest import (
     Stack,
     StackFactory,
     all_events,
-    start_process,
+    lone_api,
     submit,
     wait_for,
-    wait_http,
     wait_until,
 )
 from tests.sse import Message, messages, read_stream
@@ -260,23 +258,15 @@ def test_without_redis_the_stream_reads_the_database(
     client: httpx.Client, stream_stack: Stack, tmp_path: Path
 ) -> None:
     # A second API on the same database whose Redis does not answer; the worker publishes to the real one.
-    port = free_port()
     env = {
         **stream_stack.env,
         "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
         "STREAM_POLL_INTERVAL": "0.2",
     }
-    log = tmp_path / "api-no-redis.log"
-    process = start_process(
-        [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        env,
-        log,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", process, log)
+    with lone_api(env, tmp_path / "api-no-redis.log") as base_url:
         job, gate = gated_job(client, tmp_path)
         with (
-            httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as no_redis,
+            httpx.Client(base_url=base_url, timeout=30) as no_redis,
             no_redis.stream("GET", f"/api/v1/jobs/{job['id']}/stream") as response,
         ):
             assert response.status_code == 200
@@ -284,10 +274,7 @@ def test_without_redis_the_stream_reads_the_database(
             received = list(itertools.islice(stream, BEFORE_GATE))
             gate.touch()
             received.extend(stream)
-        assert_complete(client, job["id"], received)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    assert_complete(client, job["id"], received)
 
 
 @pytest.mark.parametrize(
