@@ -193,7 +193,7 @@ def test_branch_tag_and_sha_each_run_their_commit(client: httpx.Client, repos: R
     for ref, job_id in jobs.items():
         job = wait_for(client, job_id)
         commit, marker = cases[ref]
-        assert job["status"] == "successful", (ref, job)
+        assert job["status"] == "successful", (ref, job["reason"])
         assert job["source_commit"] == commit, ref
         assert marker in stdout(client, job_id), ref
         assert job["host_stats"]["localhost"]["ok"] == 1
