@@ -342,6 +342,7 @@ async def _prepare(deps: WorkerDeps, job: Job) -> Workspace | None:
                 detail = exc.detail if isinstance(exc, ServiceError) else str(exc)
                 where = f" ({job.source['repo']} at {commit})" if commit else ""
                 reason = f"could not prepare the run: {detail}{where}"
+                log.warning("run not started", reason=reason)
             elif isinstance(exc, anyio.get_cancelled_exc_class()):
                 reason = "worker shut down before the run started"
             elif isinstance(exc, Exception):
