@@ -78,11 +78,12 @@ class _Handler(BaseHTTPRequestHandler):
         git = self.server.git
         user = self._user()
         path, _, query = self.path.partition("?")
+        # Read the body whatever the answer: a socket closed with unread data is reset, not closed.
+        body = self._body()
         if user is None:
             self._send_plain(401, b"authentication required\n", {"WWW-Authenticate": 'Basic realm="git"'})
             self._record(path, None, 401, 0)
             return
-        body = self._body()
         for prefix, target in git.redirects.items():
             if path.startswith(f"/{prefix}"):
                 location = target + self.path[len(prefix) + 1 :]
@@ -165,6 +166,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # git opens several connections per fetch and runs fetch concurrently: socketserver's default backlog
+    # of 5 is too short under load.
+    request_queue_size = 128
     git: GitServer
 
 
