@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -47,6 +49,8 @@ class GitServer:
     # Repository path prefix → URL prefix this server redirects to (302) instead of answering.
     redirects: dict[str, str] = field(default_factory=dict)
     scheme: str = "http"
+    # Repository path prefix → how many more upload-pack requests to drop with a TCP reset.
+    resets: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
@@ -90,6 +94,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_plain(302, b"", {"Location": location})
                 self._record(path, user, 302, 0)
                 return
+        if path.endswith("/git-upload-pack") and self._drop(path):
+            return
         if path.endswith("/git-upload-pack") and any(path.startswith(f"/{slow}/") for slow in git.slow):
             time.sleep(git.delay)
         env = {
@@ -118,6 +124,21 @@ class _Handler(BaseHTTPRequestHandler):
                 headers[name.strip()] = value.strip()
         self._send_plain(status, payload, headers)
         self._record(path, user, status, len(payload))
+
+    def _drop(self, path: str) -> bool:
+        """Reset the connection (SO_LINGER 0) if `resets` asks for it, as a restarting proxy would."""
+        git = self.server.git
+        with git.lock:
+            prefix = next(
+                (p for p, left in git.resets.items() if left > 0 and path.startswith(f"/{p}")), None
+            )
+            if prefix is None:
+                return False
+            git.resets[prefix] -= 1
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()
+        return True
 
     def _user(self) -> str | None:
         value = self.headers.get("Authorization", "")

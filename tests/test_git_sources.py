@@ -199,6 +199,17 @@ def test_branch_tag_and_sha_each_run_their_commit(client: httpx.Client, repos: R
         assert job["host_stats"]["localhost"]["ok"] == 1
 
 
+def test_a_fetch_whose_connection_is_reset_is_tried_again(
+    git_stack: Stack, client: httpx.Client, repos: Repos
+) -> None:
+    repos.gitlab.resets["team/app.git"] = 2
+    job = wait_for(client, submit(client, git_job(repos.app(), "feature/x"))["id"])
+    assert job["status"] == "successful", job["reason"]
+    assert repos.gitlab.resets["team/app.git"] == 0, "both resets happened"
+    # (curl itself may retry a request on a reused connection; the rest is ours.)
+    assert "git fetch interrupted, trying again" in (git_stack.logs / "worker0.log").read_text()
+
+
 def test_github_scheme_and_org_case_as_the_provider_treats_it(client: httpx.Client, repos: Repos) -> None:
     # The provider lists "octo", the URL says "Octo": GitHub org names ignore case.
     job = submit(client, git_job(repos.gitlab.url("Octo/tool.git", host="localhost")))

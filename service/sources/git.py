@@ -157,6 +157,12 @@ def _fetch_commit(git: _Git, mirror: Path, ref: str) -> str | None:
     return _resolve(git, mirror, ref) if result.returncode == 0 else None
 
 
+_FETCH_RETRY_DELAYS = (0.5, 2.0)
+_TRANSIENT_FETCH = re.compile(
+    r"connection reset|recv failure|empty reply from server|unexpected disconnect", re.I
+)
+
+
 class _Git:
     """git with an environment built from nothing: no user or system config, no prompts, no helpers."""
 
@@ -208,7 +214,22 @@ class _Git:
         args = ["--git-dir", str(mirror), "fetch", "--quiet", "--no-write-fetch-head", "--no-tags"]
         if refspecs is None:
             args.append("--prune")
-        return self.run([*args, "--end-of-options", self.location.url, *wanted], what="fetch", check=check)
+        command = [*args, "--end-of-options", self.location.url, *wanted]
+        # A fetch changes nothing until it succeeds: a connection dropped on the way (a proxy or a load
+        # balancer restarting, a busy server) is worth another try or two before the run gives up.
+        for delay in _FETCH_RETRY_DELAYS:
+            result = self.run(command, what="fetch", check=False)
+            if result.returncode == 0 or not _TRANSIENT_FETCH.search(result.stderr):
+                break
+            log.warning(
+                "git fetch interrupted, trying again", repo=self.location.url, error=result.stderr.strip()
+            )
+            time.sleep(delay)
+        else:
+            result = self.run(command, what="fetch", check=False)
+        if check and result.returncode != 0:
+            raise SourceError(self._explain("fetch", result.stderr))
+        return result
 
     def run(
         self, args: list[str], *, what: str, check: bool = True, extra_env: dict[str, str] | None = None
