@@ -32,12 +32,6 @@ class JobStatus(enum.StrEnum):
         return self not in (JobStatus.queued, JobStatus.running)
 
 
-class Priority(enum.StrEnum):
-    high = "high"
-    default = "default"
-    low = "low"
-
-
 class Job(SQLModel, table=True):
     __tablename__ = "job"
     __table_args__ = (

@@ -325,6 +325,8 @@ async def _prepare(deps: WorkerDeps, job: Job) -> Workspace | None:
     commit: str | None = None
     try:
         source = await anyio.to_thread.run_sync(fetch_source, job, deps.settings, deps.mirrors, private)
+        if source.fetch_seconds is not None:
+            deps.metrics.git_fetch.labels(provider=source.provider).observe(source.fetch_seconds)
         commit = source.commit
         if commit is not None:
             await retry_db(

@@ -73,6 +73,9 @@ class Workspace:
 class SourceTree:
     project_dir: Path
     commit: str | None
+    # Git sources: the provider type and the seconds spent fetching and checking out.
+    provider: str | None = None
+    fetch_seconds: float | None = None
 
 
 def create_private_dir(job: Job, settings: Settings) -> Path:
@@ -99,7 +102,12 @@ def fetch_source(job: Job, settings: Settings, mirrors: MirrorCache, private: Pa
         fetch_seconds=round(fetched.fetch_seconds, 3),
         checkout_seconds=round(fetched.checkout_seconds, 3),
     )
-    return SourceTree(project_dir=private / "project", commit=fetched.commit)
+    return SourceTree(
+        project_dir=private / "project",
+        commit=fetched.commit,
+        provider=location.provider.type,
+        fetch_seconds=fetched.fetch_seconds + fetched.checkout_seconds,
+    )
 
 
 def prepare(job: Job, settings: Settings, private: Path, source: SourceTree) -> Workspace:
