@@ -57,7 +57,8 @@ class BenchSettings(BaseSettings):
     reps: int = 7  # interleaved repetitions of the trivial run and its baselines
     heavy_reps: int = 3  # of the event-heavy run
     pipeline_events: int = 20_000
-    api_seconds: int = 10
+    api_seconds: int = 6  # per wrk run; GET and its /health floor alternate api_reps times
+    api_reps: int = 3
     api_connections: int = 16
     drain_jobs: int = 200
     drain_max_jobs: int = 4

@@ -73,7 +73,7 @@ def dev(port: int) -> int:
             [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)],
             env=env,
         )
-        worker = subprocess.Popen([sys.executable, "-m", "arq", "service.worker.WorkerSettings"], env=env)
+        worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env)
         processes = {"API": api, "worker": worker}
         base = f"http://127.0.0.1:{port}"
         _say(
@@ -401,6 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     dev_parser.add_argument("--port", type=int, default=8000)
     commands.add_parser("migrate", help="upgrade the database to the latest schema (alembic upgrade head)")
+    commands.add_parser("worker", help="run a worker (arq, woken by each submit); SIGTERM stops it")
     _client_parsers(commands)
     token_parser = commands.add_parser("token", help="API tokens")
     token_commands = token_parser.add_subparsers(dest="token_command", required=True)
@@ -419,6 +420,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return token_new_command(args.name, args.scope)
         if args.command == "migrate":
             migrate(get_settings())
+            return EXIT_OK
+        if args.command == "worker":
+            # Imported here: the worker module reads its settings at import, which client commands never need.
+            from service.worker import run_worker
+
+            run_worker()
             return EXIT_OK
         return client_command(args, get_settings())
     except (ConfigurationError, ClientError) as exc:

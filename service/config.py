@@ -55,8 +55,9 @@ class Settings(BaseSettings):
     # Queue and worker.
     queue_name: str = "arq:queue"
     worker_max_jobs: int = Field(default=8, ge=1, le=256)
-    # arq's poll delay is the floor of start latency; polling a sorted set is cheap.
-    worker_poll_delay: float = Field(default=0.05, gt=0, le=5)
+    # A submit wakes idle workers at once (service.worker.Worker); this is how often they look at the queue
+    # without being woken (a wake-up lost while Redis was away). arq's own loop polled 20 times a second.
+    worker_poll_delay: float = Field(default=0.5, gt=0, le=60)
     job_completion_wait: int = Field(default=60, ge=0)
     # The worker pod's terminationGracePeriodSeconds, when the manifests pass it: JOB_COMPLETION_WAIT is then
     # derived from it, leaving SHUTDOWN_MARGIN seconds to end what is still running before Kubernetes kills

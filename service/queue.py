@@ -79,8 +79,14 @@ class QueueDepth(BaseModel):
     inflight: int = Field(description="queued + running")
 
 
-def cancel_key(job_id: str) -> str:
-    return f"ars:job:{job_id}:cancel"
+def wake_channel(queue_name: str) -> str:
+    """Where a submit tells idle workers to look at the queue now (see service.worker.Worker)."""
+    return f"{queue_name}:wake"
+
+
+def cancel_channel(queue_name: str) -> str:
+    """Where the API names a run to cancel; the worker running it stops it (service.worker.listen)."""
+    return f"{queue_name}:cancel"
 
 
 class JobQueue:
@@ -99,6 +105,7 @@ class JobQueue:
             _defer_until=score_at,
             _expires=_EXPIRES,
         )
+        await self.redis.publish(wake_channel(self.queue_name), b"")
         return job is not None
 
     async def forget(self, job_id: str) -> None:
@@ -109,12 +116,8 @@ class JobQueue:
             await pipe.execute()
 
     async def signal_cancel(self, job_id: str) -> None:
-        """Wake the worker running `job_id`; the database flag stays the source of truth."""
-        key = cancel_key(job_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lpush(key, "1")
-            pipe.expire(key, 3600)
-            await pipe.execute()
+        """Tell the worker running `job_id` at once; the database flag stays the source of truth."""
+        await self.redis.publish(cancel_channel(self.queue_name), job_id)
 
     async def depth(self) -> QueueDepth:
         """Runs in flight on this queue: every run stays in arq's sorted set until it ends, and a running one

@@ -1,4 +1,4 @@
-"""The arq worker: `arq service.worker.WorkerSettings`.
+"""The worker: `ars worker`, arq's worker woken by submits instead of polling.
 
 Runs are never retried by arq (`max_tries=1`): an Ansible run must not be repeated behind anyone's back.
 """
@@ -6,6 +6,7 @@ Runs are never retried by arq (`max_tries=1`): an Ansible run must not be repeat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -16,9 +17,10 @@ from typing import Any
 
 import anyio
 import structlog
+from arq import worker as arq_worker
 from arq.connections import ArqRedis
 from arq.cron import cron
-from arq.worker import func
+from arq.worker import func, get_kwargs
 from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -30,7 +32,7 @@ from service.jobs import service as jobs
 from service.jobs.repository import JobRepository
 from service.logging import JobIdFilter, configure_logging
 from service.models import utcnow
-from service.queue import RUN_JOB, JobQueue, create_arq_redis, create_redis
+from service.queue import RUN_JOB, JobQueue, cancel_channel, create_arq_redis, create_redis, wake_channel
 from service.redaction import Redactor
 from service.runner.pipeline import WorkerDeps, execute_run
 from service.sources.git import MirrorCache
@@ -48,7 +50,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     logging.getLogger("arq").handlers.clear()
     logging.getLogger("arq").propagate = True
     logging.getLogger("arq.worker").addFilter(JobIdFilter())
-    engine = create_engine(settings, pool_size=settings.worker_max_jobs + 2)
+    # No ping per checkout: every write of a run goes through retry_db, and a statement on a connection the
+    # server dropped fails before it is carried out, so the retry is safe (SQLAlchemy then renews the pool).
+    engine = create_engine(settings, pool_size=settings.worker_max_jobs + 2, pre_ping=False)
     arq_redis: ArqRedis = ctx["redis"]
     deps = WorkerDeps(
         settings=settings,
@@ -63,6 +67,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["deps"] = deps
     ctx["queue"] = JobQueue(arq_redis, settings)
     ctx["heartbeat"] = asyncio.create_task(heartbeat(deps))
+    # Set by Worker when it is the one running (`ars worker`); arq's own CLI just polls.
+    wake: asyncio.Event = ctx.setdefault("wake", asyncio.Event())
+    ctx["listener"] = asyncio.create_task(listen(deps, wake))
     deps.metrics.runs_in_flight.set_function(lambda: len(deps.active))
     deps.metrics.backlog.set_function(lambda: sum(len(channel) for channel in list(deps.channels)))
     if settings.worker_metrics_port:
@@ -73,14 +80,36 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    if "heartbeat" in ctx:
-        ctx["heartbeat"].cancel()
+    for task in ("heartbeat", "listener"):
+        if task in ctx:
+            ctx[task].cancel()
     if "metrics_server" in ctx:
         ctx["metrics_server"].shutdown()
     if "deps" in ctx:
         await ctx["deps"].redis.aclose()
     if "engine" in ctx:
         await ctx["engine"].dispose()
+
+
+async def listen(deps: WorkerDeps, wake: asyncio.Event) -> None:
+    """The API's messages: a run was queued (set `wake`), a run is to be cancelled (set its flag if it is
+    ours). One connection for both, whatever the number of runs. A message lost while Redis is away costs
+    WORKER_POLL_DELAY for a submit, and the database flag's poll for a cancel."""
+    submits, cancels = wake_channel(deps.settings.queue_name), cancel_channel(deps.settings.queue_name)
+    while True:
+        try:
+            async with deps.redis.pubsub() as pubsub:
+                await pubsub.subscribe(submits, cancels)
+                async for message in pubsub.listen():
+                    if message["type"] != "message":
+                        continue
+                    if message["channel"] == submits.encode():
+                        wake.set()
+                    elif (cancel := deps.cancels.get(message["data"].decode())) is not None:
+                        cancel.set()
+        except (RedisError, OSError) as exc:
+            log.warning("not listening for submits and cancels, polling meanwhile", error=str(exc))
+            await asyncio.sleep(1)
 
 
 async def heartbeat(deps: WorkerDeps) -> None:
@@ -167,7 +196,7 @@ _every = set(range(0, 60, _settings.sweep_interval))
 
 
 class WorkerSettings:
-    """Read by arq's CLI. arq reads these at import time, so they come from the environment then."""
+    """arq's settings, read at import time, so from the environment then (arq's CLI takes them too)."""
 
     functions = [
         func(run_job, name=RUN_JOB, max_tries=1, timeout=_settings.max_run_timeout + 600),
@@ -189,3 +218,36 @@ class WorkerSettings:
     max_tries = 1
     retry_jobs = False
     health_check_interval = 10
+
+
+class Worker(arq_worker.Worker):
+    """arq's worker, woken when there is work rather than polling Redis 20 times a second.
+
+    arq looks at the queue every `poll_delay`: a short one is start latency bought with CPU on every idle
+    worker (20 ms/s at 50 ms), a long one is latency. Here the worker looks when a submit publishes on the
+    queue's wake channel, when one of its own runs ends (a slot is free), and otherwise every
+    WORKER_POLL_DELAY.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.idle_poll_s = float(kwargs.pop("poll_delay"))
+        super().__init__(poll_delay=0, **kwargs)
+        self.wake = asyncio.Event()
+        self.ctx["wake"] = self.wake
+
+    async def _poll_iteration(self) -> None:
+        await super()._poll_iteration()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.idle_poll_s):
+                await self.wake.wait()
+        self.wake.clear()
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        # arq's done-callback of every run: the freed slot takes the next run now, not at the next poll.
+        super()._release_sem_dec_counter_on_complete()
+        self.wake.set()
+
+
+def run_worker() -> None:
+    """`ars worker`."""
+    Worker(**get_kwargs(dict(vars(WorkerSettings)))).run()

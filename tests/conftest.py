@@ -211,7 +211,7 @@ def api_command(port: int) -> list[str]:
     return [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)]
 
 
-WORKER_COMMAND = [sys.executable, "-m", "arq", "service.worker.WorkerSettings"]
+WORKER_COMMAND = [sys.executable, "-m", "service.cli", "worker"]
 
 
 def start_process(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

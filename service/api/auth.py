@@ -91,7 +91,8 @@ _BEARER = HTTPBearer(auto_error=False, description="a token listed in API_TOKENS
 
 
 def require(scope: str) -> object:
-    def dependency(
+    # async: a plain def would be sent to the thread pool on every request, for no I/O at all.
+    async def dependency(
         request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]
     ) -> Principal:
         authenticator: Authenticator = request.app.state.authenticator

@@ -1,4 +1,6 @@
-"""FastAPI dependencies: shared resources come from the app's lifespan state."""
+"""FastAPI dependencies: shared resources come from the app's lifespan state.
+
+All are `async def`: FastAPI runs a plain `def` dependency in the thread pool, a thread hop per request."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from service.config import Settings
 from service.queue import JobQueue
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -22,7 +24,7 @@ async def _session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def _queue(request: Request) -> JobQueue:
+async def _queue(request: Request) -> JobQueue:
     queue: JobQueue = request.app.state.queue
     return queue
 

@@ -90,7 +90,7 @@ async def list_jobs(
 
 @router.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"])
 async def get_job(job_id: JobId, session: SessionDep, _: ReadAccess) -> JobOut:
-    return JobOut.of(await jobs.get(session, job_id))
+    return await jobs.view(session, job_id)
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobOut, tags=["jobs"])

@@ -23,7 +23,8 @@ class JobFilters:
     created_after: datetime | None = None
 
 
-# The tables themselves, for Core statements on hot paths.
+# The tables themselves, for Core statements: an UPDATE through the ORM entity takes the ORM's bulk path
+# (it looks for objects to keep in sync), several times the cost of the statement on a worker's hot path.
 _JOB_TABLE = cast(sa.Table, Job.__table__)  # type: ignore[attr-defined]
 _EVENT_TABLE = cast(sa.Table, JobEvent.__table__)  # type: ignore[attr-defined]
 
@@ -43,6 +44,11 @@ class JobRepository:
     async def get(self, job_id: str) -> Job | None:
         return await self.session.get(Job, job_id, populate_existing=True)
 
+    async def row(self, job_id: str) -> sa.RowMapping | None:
+        """The job's columns, read with Core: a third of the ORM's cost, for reads that change nothing."""
+        result = await self.session.execute(sa.select(_JOB_TABLE).where(_JOB_TABLE.c.id == job_id))
+        return result.mappings().one_or_none()
+
     async def get_by_idempotency_key(self, submitted_by: str, key: str) -> Job | None:
         result = await self.session.execute(
             sa.select(Job).where(col(Job.submitted_by) == submitted_by, col(Job.idempotency_key) == key)
@@ -52,8 +58,8 @@ class JobRepository:
     async def release_idempotency_key(self, job_id: str, key: str) -> None:
         """Forget an expired key, so that the unique constraint lets a new run take it."""
         await self.session.execute(
-            sa.update(Job)
-            .where(col(Job.id) == job_id, col(Job.idempotency_key) == key)
+            sa.update(_JOB_TABLE)
+            .where(_JOB_TABLE.c.id == job_id, _JOB_TABLE.c.idempotency_key == key)
             .values(idempotency_key=None)
         )
 
@@ -84,8 +90,8 @@ class JobRepository:
     async def cancel_queued(self, job_id: str) -> bool:
         """queued → canceled, if it is still queued (a worker claiming it at the same time wins or loses)."""
         result = await self.session.execute(
-            sa.update(Job)
-            .where(col(Job.id) == job_id, col(Job.status) == JobStatus.queued)
+            sa.update(_JOB_TABLE)
+            .where(_JOB_TABLE.c.id == job_id, _JOB_TABLE.c.status == JobStatus.queued)
             .values(
                 status=JobStatus.canceled,
                 cancel_requested=True,
@@ -97,8 +103,8 @@ class JobRepository:
 
     async def request_cancel(self, job_id: str) -> bool:
         result = await self.session.execute(
-            sa.update(Job)
-            .where(col(Job.id) == job_id, col(Job.status) == JobStatus.running)
+            sa.update(_JOB_TABLE)
+            .where(_JOB_TABLE.c.id == job_id, _JOB_TABLE.c.status == JobStatus.running)
             .values(cancel_requested=True)
         )
         return _rowcount(result) == 1
@@ -106,8 +112,8 @@ class JobRepository:
     async def claim(self, job_id: str, worker_id: str) -> bool:
         now = utcnow()
         result = await self.session.execute(
-            sa.update(Job)
-            .where(col(Job.id) == job_id, col(Job.status) == JobStatus.queued)
+            sa.update(_JOB_TABLE)
+            .where(_JOB_TABLE.c.id == job_id, _JOB_TABLE.c.status == JobStatus.queued)
             .values(status=JobStatus.running, started_at=now, heartbeat_at=now, worker_id=worker_id)
         )
         return _rowcount(result) == 1
@@ -117,8 +123,8 @@ class JobRepository:
             await self.session.execute(sa.select(1))  # still a sign the database answers
             return
         await self.session.execute(
-            sa.update(Job)
-            .where(col(Job.id).in_(job_ids), col(Job.status) == JobStatus.running)
+            sa.update(_JOB_TABLE)
+            .where(_JOB_TABLE.c.id.in_(job_ids), _JOB_TABLE.c.status == JobStatus.running)
             .values(heartbeat_at=utcnow())
         )
 
@@ -133,18 +139,20 @@ class JobRepository:
     async def mark_lost(self, job_id: str, *, heartbeat_before: datetime, reason: str) -> bool:
         """running → error, unless a heartbeat came in since the job was found stale."""
         result = await self.session.execute(
-            sa.update(Job)
+            sa.update(_JOB_TABLE)
             .where(
-                col(Job.id) == job_id,
-                col(Job.status) == JobStatus.running,
-                col(Job.heartbeat_at) < heartbeat_before,
+                _JOB_TABLE.c.id == job_id,
+                _JOB_TABLE.c.status == JobStatus.running,
+                _JOB_TABLE.c.heartbeat_at < heartbeat_before,
             )
             .values(status=JobStatus.error, reason=reason, finished_at=utcnow())
         )
         return _rowcount(result) == 1
 
     async def set_source_commit(self, job_id: str, commit: str) -> None:
-        await self.session.execute(sa.update(Job).where(col(Job.id) == job_id).values(source_commit=commit))
+        await self.session.execute(
+            sa.update(_JOB_TABLE).where(_JOB_TABLE.c.id == job_id).values(source_commit=commit)
+        )
 
     async def finish(
         self,
@@ -158,8 +166,8 @@ class JobRepository:
     ) -> bool:
         """running → a final status, with everything that describes the end, in one statement."""
         result = await self.session.execute(
-            sa.update(Job)
-            .where(col(Job.id) == job_id, col(Job.status) == JobStatus.running)
+            sa.update(_JOB_TABLE)
+            .where(_JOB_TABLE.c.id == job_id, _JOB_TABLE.c.status == JobStatus.running)
             .values(
                 status=status,
                 rc=rc,

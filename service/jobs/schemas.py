@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -170,13 +171,10 @@ class JobOut(BaseModel):
     submitted_by: str | None = Field(description="name of the API token that submitted the run")
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
-        data = job.model_dump()
-        data.update(
-            created_at=_utc(job.created_at),
-            started_at=_utc(job.started_at),
-            finished_at=_utc(job.finished_at),
-        )
+    def of(cls, job: Job | Mapping[Any, Any]) -> JobOut:
+        data = dict(job) if isinstance(job, Mapping) else job.model_dump()
+        for stamp in ("created_at", "started_at", "finished_at"):
+            data[stamp] = _utc(data[stamp])
         return cls.model_validate(data)
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from service.config import Settings
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.jobs.repository import EventRepository, JobFilters, JobRepository
-from service.jobs.schemas import GitSource, JobRequest
+from service.jobs.schemas import GitSource, JobOut, JobRequest
 from service.jobs.variables import check_inventory, check_variables
 from service.models import Job, JobEvent, JobStatus, utcnow
 from service.queue import JobQueue
@@ -127,6 +127,13 @@ async def get(session: AsyncSession, job_id: str) -> Job:
     if job is None:
         raise NotFound(f"no job {job_id}")
     return job
+
+
+async def view(session: AsyncSession, job_id: str) -> JobOut:
+    row = await JobRepository(session).row(job_id)
+    if row is None:
+        raise NotFound(f"no job {job_id}")
+    return JobOut.of(row)
 
 
 async def cancel(session: AsyncSession, queue: JobQueue, job_id: str) -> Job:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import anyio
 import structlog
@@ -24,7 +24,6 @@ from service.errors import ServiceError
 from service.jobs.repository import EventRepository, JobRepository
 from service.metrics import WorkerMetrics
 from service.models import Job, JobStatus
-from service.queue import cancel_key
 from service.redaction import Redactor
 from service.runner.events import STATS_EVENT, EventChannel, host_stats, read_event_files, to_row
 from service.runner.execute import RunOutcome, run_ansible
@@ -59,6 +58,8 @@ class WorkerDeps:
     health: WorkerHealth = field(default_factory=WorkerHealth)
     # The hand-offs of the runs in progress: what they hold is the worker's event backlog.
     channels: set[EventChannel] = field(default_factory=set)
+    # The cancel flag of each run this worker claims or runs, for the API's cancel messages.
+    cancels: dict[str, threading.Event] = field(default_factory=dict)
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
 
 
@@ -174,16 +175,14 @@ class EventRecorder:
             log.warning("live stream not updated", error=str(exc))
 
 
+# How often a run reads its cancel flag in the database: the API's message (`WorkerDeps.cancels`) stops it
+# at once; this is for a message lost while Redis was away.
+_CANCEL_POLL_S = 5
+
+
 async def _watch_cancel(deps: WorkerDeps, job_id: str, cancel: threading.Event) -> None:
-    """Set `cancel` when the API asks: a Redis signal wakes us at once, the database flag is the truth."""
-    key = cancel_key(job_id)
     while not cancel.is_set():
-        try:
-            if await cast(Awaitable[Any], deps.redis.blpop([key], timeout=5)):
-                cancel.set()
-                return
-        except (RedisError, OSError):
-            await anyio.sleep(1)
+        await anyio.sleep(_CANCEL_POLL_S)
         try:
             async with deps.sessions() as session:
                 if await JobRepository(session).is_cancel_requested(job_id):
@@ -241,24 +240,27 @@ async def execute_run(deps: WorkerDeps, job_id: str) -> None:
             await session.commit()
             return await repository.get(job_id) if claimed else None
 
-    # If the database stays away, the job stays queued and the sweeper queues it again later.
-    job = await retry_db(deps, "claim", claim, for_s=deps.settings.db_retry_for)
-    if job is None:
-        log.info("not claimed: canceled or taken by another worker")
-        return
-    log.info("run started", playbook=job.playbook)
-    deps.active.add(job_id)
-    started = time.monotonic()
+    # Listening before the claim: a cancel can be asked as soon as the claim is committed.
+    cancel = deps.cancels[job_id] = threading.Event()
     try:
-        status = await _execute_claimed(deps, job)
+        # If the database stays away, the job stays queued and the sweeper queues it again later.
+        job = await retry_db(deps, "claim", claim, for_s=deps.settings.db_retry_for)
+        if job is None:
+            log.info("not claimed: canceled or taken by another worker")
+            return
+        log.info("run started", playbook=job.playbook)
+        deps.active.add(job_id)
+        started = time.monotonic()
+        status = await _execute_claimed(deps, job, cancel)
     finally:
         deps.active.discard(job_id)
+        del deps.cancels[job_id]
     deps.metrics.run_duration.labels(playbook=job.playbook, status=status.value).observe(
         time.monotonic() - started
     )
 
 
-async def _execute_claimed(deps: WorkerDeps, job: Job) -> JobStatus:
+async def _execute_claimed(deps: WorkerDeps, job: Job, cancel: threading.Event) -> JobStatus:
     """Carry out a claimed run; returns its final status (raises when the worker is stopped)."""
     job_id = job.id
     workspace = await _prepare(deps, job)
@@ -266,7 +268,6 @@ async def _execute_claimed(deps: WorkerDeps, job: Job) -> JobStatus:
         return JobStatus.error
 
     recorder = EventRecorder(deps, job_id)
-    cancel = threading.Event()
     channel = EventChannel(asyncio.get_running_loop(), deps.settings.event_buffer_size)
     deps.channels.add(channel)
     try:
