@@ -226,7 +226,8 @@ class Worker(arq_worker.Worker):
     arq looks at the queue every `poll_delay`: a short one is start latency bought with CPU on every idle
     worker (20 ms/s at 50 ms), a long one is latency. Here the worker looks when a submit publishes on the
     queue's wake channel, when one of its own runs ends (a slot is free), and otherwise every
-    WORKER_POLL_DELAY.
+    WORKER_POLL_DELAY. It overrides two private methods of arq 0.28 (pinned in pyproject.toml);
+    tests/test_worker_signals.py fails if either stops being called.
     """
 
     def __init__(self, **kwargs: Any) -> None:
