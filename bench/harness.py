@@ -30,6 +30,7 @@ from service.cli import migrate
 from service.config import Settings
 from service.embedded import free_port
 from service.live import END_EVENT, stream_key
+from service.models import Job, JobStatus, utcnow
 from tests.conftest import (
     FINISHED,
     LOCAL_MARIADB,
@@ -209,6 +210,26 @@ def wait_workers_ready(stack: Stack, deadline_s: float = 60) -> None:
             time.sleep(0.05)
     finally:
         client.close()
+
+
+def running_job(job_id: str, playbook: str) -> Job:
+    """A job row as a worker leaves it once claimed, for benchmarks that feed events without Ansible."""
+    return Job(
+        id=job_id,
+        status=JobStatus.running,
+        playbook=playbook,
+        source={"type": "bundled"},
+        extra_vars={},
+        tags=[],
+        skip_tags=[],
+        check=False,
+        diff=False,
+        verbosity=0,
+        priority="default",
+        labels={},
+        created_at=utcnow(),
+        started_at=utcnow(),
+    )
 
 
 # --- one trivial or heavy run, three ways -------------------------------------------------------------

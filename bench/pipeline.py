@@ -22,6 +22,7 @@ from bench.harness import (
     print_table,
     progress,
     runner_run,
+    running_job,
     scratch,
     shared_server,
     write_playbooks,
@@ -31,7 +32,6 @@ from service.config import Settings
 from service.db import create_engine, session_factory
 from service.jobs.repository import JobRepository
 from service.live import stream_key
-from service.models import Job, JobStatus, utcnow
 from service.queue import create_redis
 from service.redaction import Redactor
 from service.runner.events import EventChannel
@@ -59,23 +59,7 @@ async def _feed(settings: Settings, events: list[dict[str, Any]]) -> dict[str, f
     )
     job_id = f"bench-{time.monotonic_ns()}"[:36]
     async with deps.sessions() as session:
-        await JobRepository(session).add(
-            Job(
-                id=job_id,
-                status=JobStatus.running,
-                playbook="heavy.yml",
-                source={"type": "bundled"},
-                extra_vars={},
-                tags=[],
-                skip_tags=[],
-                check=False,
-                diff=False,
-                verbosity=0,
-                priority="default",
-                labels={},
-                created_at=utcnow(),
-            )
-        )
+        await JobRepository(session).add(running_job(job_id, "heavy.yml"))
         await session.commit()
     channel = EventChannel(asyncio.get_running_loop(), capacity=len(events) + 1)
     recorder = EventRecorder(deps, job_id)

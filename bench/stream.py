@@ -31,13 +31,14 @@ from typing import Any
 
 import httpx
 
+from bench.harness import running_job
 from service.cli import migrate
 from service.config import Settings
 from service.db import create_engine, session_factory
 from service.embedded import EmbeddedRedis, free_port
 from service.jobs.repository import EventRepository, JobRepository
 from service.live import create_live_redis, publish_end, publish_events
-from service.models import Job, JobStatus, utcnow
+from service.models import JobStatus, utcnow
 from tests.conftest import (
     LOCAL_MARIADB,
     LOCAL_REDIS,
@@ -103,23 +104,7 @@ async def _create_job(settings: Settings) -> str:
     engine = create_engine(settings)
     job_id = str(uuid.uuid4())
     async with session_factory(engine)() as session:
-        job = Job(
-            id=job_id,
-            status=JobStatus.running,
-            playbook="bench.yml",
-            source={"type": "bundled"},
-            extra_vars={},
-            tags=[],
-            skip_tags=[],
-            check=False,
-            diff=False,
-            verbosity=0,
-            priority="default",
-            labels={},
-            created_at=utcnow(),
-            started_at=utcnow(),
-        )
-        await JobRepository(session).add(job)
+        await JobRepository(session).add(running_job(job_id, "bench.yml"))
         await session.commit()
     await engine.dispose()
     return job_id
