@@ -35,6 +35,7 @@ from service.models import utcnow
 from service.queue import RUN_JOB, JobQueue, cancel_channel, create_arq_redis, create_redis, wake_channel
 from service.redaction import Redactor
 from service.runner.pipeline import WorkerDeps, execute_run
+from service.runner.spawn import use_vfork_spawn
 from service.sources.git import MirrorCache
 
 log = structlog.get_logger(__name__)
@@ -46,6 +47,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     removed = scrub_environment(settings)
     redactor = Redactor([*settings.secret_values(), *removed])
     configure_logging(settings, redactor)
+    use_vfork_spawn()
     # arq's CLI gives its logger a handler of its own; ours formats everything once.
     logging.getLogger("arq").handlers.clear()
     logging.getLogger("arq").propagate = True

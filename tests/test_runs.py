@@ -92,6 +92,7 @@ def runs(client: httpx.Client, scratch: Path) -> dict[str, dict[str, Any]]:
         },
         "stdout": {"playbook": "debug.yml", "inventory": "inventory/local1.yml"},
         "nested": {"playbook": "nested/inner.yml", "inventory": "inventory/local1.yml"},
+        "prompt": {"playbook": "prompt.yml", "timeout": 120},
     }
     return {name: submit(client, body) for name, body in requests.items()}
 
@@ -268,6 +269,16 @@ def test_stdout_is_what_ansible_playbook_prints(
     coloured = client.get(f"/api/v1/jobs/{job['id']}/stdout", params={"ansi": "true"}).text
     assert "\x1b[" in coloured and "\x1b[" not in ours.text
     assert re.sub(r"\x1b\[[0-9;]*m", "", coloured) == ours.text
+
+
+def test_prompts_do_not_wait_for_a_terminal(client: httpx.Client, runs: dict[str, dict[str, Any]]) -> None:
+    # Nobody types into a run: a pause or a prompt goes on at once rather than holding the run to its timeout.
+    job = finished(client, runs, "prompt")
+    assert job["status"] == "successful"
+    assert job["host_stats"] == {"localhost": stats(ok=3)}
+    stdout = client.get(f"/api/v1/jobs/{job['id']}/stdout").text
+    assert "Not waiting for response to prompt as stdin is not interactive" in stdout
+    assert "typed []" in stdout
 
 
 def test_cancel_finished_job_is_409(client: httpx.Client, runs: dict[str, dict[str, Any]]) -> None:
