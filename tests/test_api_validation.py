@@ -24,6 +24,9 @@ BAD_BODIES: list[tuple[str, dict[str, Any], str]] = [
     ("playbook wrong type", {"playbook": 5}, "playbook"),
     ("playbook missing", {"inventory": "inventory/local3.yml"}, "playbook"),
     ("playbook too long", {"playbook": "a" * 513 + ".yml"}, "playbook"),
+    # 300 characters, 600 bytes in one path component: more than a file name can hold (ENAMETOOLONG).
+    ("playbook name too long", {"playbook": "\u0080" * 300 + ".yml"}, "playbook"),
+    ("inventory name too long", {**VALID, "inventory": "i" * 300}, "inventory"),
     ("inventory escapes", {**VALID, "inventory": "../../etc/hosts"}, "inventory"),
     ("inventory absolute", {**VALID, "inventory": "/etc/hosts"}, "inventory"),
     ("inventory missing file", {**VALID, "inventory": "inventory/none.yml"}, "inventory"),

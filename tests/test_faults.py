@@ -48,11 +48,15 @@ class Probe:
         name = uuid.uuid4().hex[:8]
         return cls(directory / f"gate-{name}", directory / f"count-{name}")
 
-    def body(self, **extra: Any) -> dict[str, Any]:
+    def body(self, after_items: int = 20, **extra: Any) -> dict[str, Any]:
         return {
             "playbook": "reliable.yml",
             "inventory": LOCAL1,
-            "extra_vars": {"gate": str(self.gate), "count_file": str(self.count_file)},
+            "extra_vars": {
+                "gate": str(self.gate),
+                "count_file": str(self.count_file),
+                "after_items": after_items,
+            },
             **extra,
         }
 
@@ -280,11 +284,19 @@ def through(stack: Stack, proxy: TcpProxy) -> str:
 
 
 def test_database_outage_during_a_run_loses_nothing(stack: Stack, proxy: TcpProxy, tmp_path: Path) -> None:
+    # A buffer of 100 events for 150 after the cut: the channel carries the first ones in memory, then
+    # spills, and ansible-runner writes the rest to its job_events files (kept here to be counted).
     probe = Probe.new(tmp_path)
-    worker = stack.add_worker("cut-off", DATABASE_URL=through(stack, proxy), DB_RETRY_FOR="120")
+    worker = stack.add_worker(
+        "cut-off",
+        DATABASE_URL=through(stack, proxy),
+        DB_RETRY_FOR="120",
+        EVENT_BUFFER_SIZE="100",
+        KEEP_WORK_DIRS="true",
+    )
     with stack.client() as client:
         try:
-            job = submit(client, probe.body())
+            job = submit(client, probe.body(after_items=150))
             wait_until(lambda: waiting_at_gate(client, job["id"]), "the run to reach the gate")
             proxy.cut()
             probe.gate.touch()
@@ -294,9 +306,16 @@ def test_database_outage_during_a_run_loses_nothing(stack: Stack, proxy: TcpProx
             assert done["status"] == "successful"
             events = assert_events_complete(client, done)
             after = [e for e in events if e["event"] == "runner_item_on_ok" and e["task"] == "After the gate"]
-            assert len(after) == 20
+            assert len(after) == 150
             assert events[-1]["event"] == "playbook_on_stats"
             assert probe.runs == 1
+            # Only what the channel could not carry went through files.
+            (work,) = stack.work_dir.glob(f"run-{job['id']}-*")
+            spilled = sorted(
+                int(path.name.split("-")[0]) for path in work.glob("artifacts/*/job_events/*.json")
+            )
+            assert 0 < len(spilled) < len(events) - 100
+            assert spilled == list(range(spilled[0], len(events) + 1))
         finally:
             stop(worker)
 

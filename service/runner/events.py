@@ -97,8 +97,9 @@ class EventChannel:
     """Carries events from ansible-runner's thread to the event loop without ever blocking Ansible.
 
     When more than `capacity` events wait (the database is slow or away), the channel stops carrying
-    events and says so (`spilled`); the consumer then re-reads the rest from ansible-runner's job_events
-    files at the end of the run. Nothing is dropped, and Ansible never waits for the database.
+    events and says so (`spilled`, and `put` returns False): ansible-runner then writes those to its
+    job_events files, which the consumer reads at the end of the run. Nothing is dropped, and Ansible never
+    waits for the database.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int) -> None:
@@ -116,19 +117,27 @@ class EventChannel:
         """Events waiting for the consumer (read without the lock: a metric, not a decision)."""
         return len(self._items)
 
-    def put(self, event: dict[str, Any]) -> None:
-        """Called from the runner thread."""
+    def put(self, event: dict[str, Any]) -> bool:
+        """Called from the runner thread. True if the channel carries the event; False once it spilled."""
         with self._lock:
             if self.spilled:
-                return
+                return False
             if len(self._items) >= self._capacity:
                 self.spilled = True
-            else:
-                self._items.append(event)
+                return False
+            self._items.append(event)
             wake = not self._signalled
             self._signalled = True
         if wake:
             self._loop.call_soon_threadsafe(self._ready.set)
+        return True
+
+    def take_all(self) -> list[dict[str, Any]]:
+        """What is still waiting, without waiting (for the end of a run, once the consumer stopped)."""
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+        return items
 
     def close(self) -> None:
         """Called once the runner returned: no more events will come."""

@@ -149,9 +149,9 @@ def kill_run_processes(job_id: str) -> int:
 
 def _keep_event(channel: EventChannel) -> Any:
     def handler(event: dict[str, Any]) -> bool:
-        if "counter" in event:
-            channel.put(event)
-        # True: ansible-runner also writes its job_events file, the record we re-ingest from if needed.
-        return True
+        # The return value tells ansible-runner whether to write the event's job_events file: only for the
+        # events the channel did not carry (it spilled), which the recorder reads back at the end. Writing
+        # every event (ansible-runner's default) cost 0.7 ms of the worker's CPU per event here.
+        return "counter" not in event or not channel.put(event)
 
     return handler

@@ -88,8 +88,10 @@ async def retry_db(
 class EventRecorder:
     """Stores events in order, in batches, then appends them to the live stream.
 
-    Writes stop at the first batch that cannot be stored (after retries), so what is stored is always
-    contiguous from 1; `complete()` then takes the rest from ansible-runner's job_events files.
+    A batch it cannot store (the database stayed away past `db_retry_for`) it holds, and it takes no more
+    from the channel, which fills up, then spills: ansible-runner writes the rest to its job_events files.
+    `complete()` stores what is held, what the channel still carries, then those files, in that order, so
+    what is stored is always contiguous from 1.
     """
 
     def __init__(self, deps: WorkerDeps, job_id: str) -> None:
@@ -98,41 +100,44 @@ class EventRecorder:
         self.stored_seq = 0
         self.stats: dict[str, Any] | None = None
         self.stalled = False
+        # Taken from the channel, not stored yet: the batch being written, or the one the database refused.
+        self.held: list[dict[str, Any]] = []
 
     async def consume(self, channel: EventChannel) -> None:
         settings = self.deps.settings
-        while (
+        while not self.stalled and (
             batch := await channel.get_batch(settings.event_batch_size, settings.event_batch_linger)
-        ) is not None:
-            if not self.stalled:
-                await self._store(batch)
+        ):
+            await self._store(batch)
 
-    async def complete(self, workspace: Workspace) -> bool:
-        """Store whatever the channel did not carry (it spilled, or the database was away).
-
-        False when the database stayed away past `db_retry_for`: some events are not stored.
-        """
-        missing = await anyio.to_thread.run_sync(read_event_files, workspace.artifact_dir, self.stored_seq)
+    async def complete(self, channel: EventChannel, workspace: Workspace) -> bool:
+        """Store whatever is not stored yet (see the class). False when the database stayed away past
+        `db_retry_for`: some events are not stored."""
+        pending = [*self.held, *channel.take_all()]
+        after = max([self.stored_seq, *(int(event["counter"]) for event in pending)])
+        pending += await anyio.to_thread.run_sync(read_event_files, workspace.artifact_dir, after)
         self.stalled = False
         size = self.deps.settings.event_batch_size
-        for start in range(0, len(missing), size):
-            await self._store(missing[start : start + size])
+        for start in range(0, len(pending), size):
+            await self._store(pending[start : start + size])
             if self.stalled:
                 return False
         return True
 
     async def _store(self, batch: list[dict[str, Any]]) -> None:
+        self.held = batch
         rows = [
             to_row(self.job_id, event, self.deps.redactor)
             for event in batch
             if int(event["counter"]) > self.stored_seq
         ]
         if not rows:
+            self.held = []
             return
         if rows[0]["seq"] != self.stored_seq + 1:
-            # Something was not carried (a spill): leave the rest to complete(), which keeps the order.
-            self.stalled = True
-            return
+            # ansible-runner numbers the events it hands over one by one, and only a spill ends the
+            # channel (for good): a gap here is a bug, not a fault to wait out.
+            raise RuntimeError(f"event {rows[0]['seq']} arrived after {self.stored_seq}")
         for row in rows:
             if row["event"] == STATS_EVENT:
                 self.stats = row["data"]
@@ -153,9 +158,10 @@ class EventRecorder:
                 raise
         except _TRANSIENT_DB:
             self.stalled = True
-            log.error("events not stored, will re-read them at the end", first_seq=rows[0]["seq"])
+            log.error("events not stored, will store them at the end of the run", first_seq=rows[0]["seq"])
             return
         self.stored_seq = last
+        self.held = []
         await self._publish(rows)
         self.deps.metrics.events.inc(len(rows))
         self.deps.metrics.batch_latency.observe(time.perf_counter() - started)
@@ -283,7 +289,7 @@ async def _execute_claimed(deps: WorkerDeps, job: Job, cancel: threading.Event) 
         except anyio.get_cancelled_exc_class():
             # The worker is shutting down past its grace period: the run was stopped above.
             with anyio.CancelScope(shield=True):
-                await _finish_interrupted(deps, job_id, recorder, workspace)
+                await _finish_interrupted(deps, job_id, recorder, channel, workspace)
             raise
         except Exception as exc:
             log.exception("run failed inside the service")
@@ -299,7 +305,7 @@ async def _execute_claimed(deps: WorkerDeps, job: Job, cancel: threading.Event) 
                     for_s=None,
                 )
             return JobStatus.error
-        stored_all = await recorder.complete(workspace)
+        stored_all = await recorder.complete(channel, workspace)
         stats = host_stats(recorder.stats) if recorder.stats is not None else None
         status, reason = _final(outcome, job.timeout or deps.settings.max_run_timeout, cancel, stats)
         if not stored_all:
@@ -375,11 +381,11 @@ _SHUTDOWN_DB_RETRY_S = 10.0
 
 
 async def _finish_interrupted(
-    deps: WorkerDeps, job_id: str, recorder: EventRecorder, workspace: Workspace
+    deps: WorkerDeps, job_id: str, recorder: EventRecorder, channel: EventChannel, workspace: Workspace
 ) -> None:
     try:
         with anyio.fail_after(_SHUTDOWN_DB_RETRY_S):
-            await recorder.complete(workspace)
+            await recorder.complete(channel, workspace)
         await _finish(
             deps,
             job_id,

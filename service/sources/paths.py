@@ -30,10 +30,15 @@ def resolve_inside(root: Path, relative: str, field: str) -> Path:
     """
     pure = check_relative(relative, field)
     real_root = root.resolve()
-    candidate = (real_root / pure).resolve()
+    try:
+        candidate = (real_root / pure).resolve()
+        exists = candidate.exists()
+    except OSError as exc:
+        # A name the file system cannot hold (a component over 255 bytes), a symlink loop, …
+        raise InvalidRequest(f"{field}: {relative!r} is not a usable path: {exc.strerror}") from exc
     if not candidate.is_relative_to(real_root):
         raise InvalidRequest(f"{field}: {relative!r} leads outside the source root")
-    if not candidate.exists():
+    if not exists:
         raise InvalidRequest(f"{field}: {relative!r} does not exist in the source")
     return candidate
 
