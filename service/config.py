@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     # Events waiting to be written before ansible-runner is made to wait (back-pressure, never a drop).
     event_buffer_size: int = Field(default=20_000, ge=100)
     stream_maxlen: int = Field(default=10_000, ge=100)
+    # Jobs whose JSON the API keeps for GET /jobs/{id} while they do not change (service/jobs/views.py);
+    # 0 reads the database on every GET.
+    job_view_cache_size: int = Field(default=10_000, ge=0, le=1_000_000)
     stream_ttl_after_end: int = Field(default=3600, ge=1)
     # How long the worker keeps retrying a database write before giving up on it.
     db_retry_for: float = Field(default=120, gt=0)

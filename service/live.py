@@ -12,6 +12,7 @@ import collections
 import contextlib
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from service.config import Settings
@@ -41,13 +43,40 @@ def stream_key(job_id: str) -> str:
     return f"ars:job:{job_id}:events"
 
 
+# The version token of a job's row: a random value every writer of the row replaces once its change is
+# committed. The API keeps a job's JSON under the token it was read with (service/jobs/views.py).
+VERSION_TTL_S = 24 * 3600
+
+
+def version_key(job_id: str) -> str:
+    return f"ars:job:{job_id}:version"
+
+
+def _new_version(pipe: Pipeline, job_id: str) -> None:
+    pipe.set(version_key(job_id), uuid.uuid4().hex, ex=VERSION_TTL_S)
+
+
+async def changed(redis: Redis, *job_ids: str) -> None:
+    """Say that these jobs' rows changed (after the commit). A failure is logged: the API's kept copies
+    are also bounded in age."""
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                _new_version(pipe, job_id)
+            await pipe.execute()
+    except (RedisError, OSError) as exc:
+        log.warning("job change not announced", job_ids=job_ids, error=str(exc))
+
+
 def encode_event(event: dict[str, Any]) -> str:
     return json.dumps(event, separators=(",", ":"), default=str)
 
 
 async def publish_events(redis: Redis, job_id: str, events: Sequence[dict[str, Any]], *, maxlen: int) -> None:
+    """Append stored events to the job's stream (and announce the job's new event count)."""
     key = stream_key(job_id)
     async with redis.pipeline(transaction=False) as pipe:
+        _new_version(pipe, job_id)
         for event in events:
             pipe.xadd(
                 key,
@@ -60,9 +89,13 @@ async def publish_events(redis: Redis, job_id: str, events: Sequence[dict[str, A
 
 
 async def publish_end(redis: Redis, job_id: str, final_seq: int, *, ttl: int) -> None:
-    """Mark the end of a run: readers stop following; the stream expires after `ttl` seconds."""
+    """Mark the end of a run: readers stop following; the stream expires after `ttl` seconds.
+
+    The job's final row was committed before: its new version is set first, so a reader who saw the end
+    and then GETs the job is never answered from a copy kept before."""
     key = stream_key(job_id)
     async with redis.pipeline(transaction=False) as pipe:
+        _new_version(pipe, job_id)
         pipe.xadd(key, {"event": END_EVENT, "data": "{}"}, id=f"{final_seq + 1}-0")
         pipe.expire(key, ttl)
         await pipe.execute()

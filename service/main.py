@@ -13,6 +13,7 @@ from service.api.errors import install_error_handlers
 from service.api.limits import BodyLimitMiddleware
 from service.config import Settings, get_settings
 from service.db import create_engine, session_factory
+from service.jobs.views import JobViews
 from service.live import LiveHub, create_live_redis
 from service.logging import configure_logging
 from service.metrics import ApiMetrics, RequestMiddleware
@@ -39,6 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessions = session_factory(engine)
         app.state.redis = redis
         app.state.queue = JobQueue(redis, settings)
+        app.state.views = JobViews(
+            app.state.sessions, redis, settings.job_view_cache_size, api_metrics.job_view_reads
+        )
         # Blocking stream reads hold a connection each: they get a pool of their own.
         live_redis = create_live_redis(settings)
         app.state.live = LiveHub(live_redis)

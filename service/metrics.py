@@ -46,6 +46,12 @@ class ApiMetrics:
             buckets=_REQUEST_BUCKETS,
             registry=self.registry,
         )
+        self.job_view_reads = Counter(
+            "ars_job_view_reads",
+            "GET /api/v1/jobs/{id} answers, by source: memory (job unchanged) or database",
+            ["source"],
+            registry=self.registry,
+        )
         self.jobs = Gauge("ars_jobs", "Jobs stored, by status", ["status"], registry=self.registry)
         self.queue = Gauge(
             "ars_queue_jobs", "Runs in the arq queue: waiting or running", ["state"], registry=self.registry

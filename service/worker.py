@@ -179,8 +179,12 @@ async def retention(ctx: dict[str, Any]) -> int:
     days = deps.settings.retention_days
     if not days:
         return 0
+
+    async def deleted(job_ids: list[str]) -> None:
+        await live.changed(deps.redis, *job_ids)
+
     jobs_deleted, events_deleted = await jobs.purge_expired(
-        deps.sessions, finished_before=utcnow() - timedelta(days=days)
+        deps.sessions, finished_before=utcnow() - timedelta(days=days), on_deleted=deleted
     )
     log.info("retention done", jobs=jobs_deleted, events=events_deleted, days=days)
     return jobs_deleted

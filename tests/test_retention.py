@@ -67,12 +67,19 @@ def test_retention_deletes_only_old_finished_jobs(backends: Backends, tmp_path: 
             _insert_job(connection, "old-running", "running", None, 7)
             _insert_job(connection, "old-queued", "queued", None, 0)
 
+        announced: list[list[str]] = []
+
+        async def deleted(job_ids: list[str]) -> None:
+            # The worker's retention says these jobs changed (the API drops what it kept of them).
+            announced.append(job_ids)
+
         async def purge() -> tuple[int, int]:
             async_engine = create_engine(Settings(database_url=database_url))
             try:
                 return await purge_expired(
                     session_factory(async_engine),
                     finished_before=utcnow() - timedelta(days=30),
+                    on_deleted=deleted,
                     jobs_per_batch=2,
                     events_per_batch=100,
                 )
@@ -88,6 +95,12 @@ def test_retention_deletes_only_old_finished_jobs(backends: Backends, tmp_path: 
         engine.dispose()
         assert jobs == {"recent", "old-running", "old-queued"}
         assert events == {"recent": 5, "old-running": 7}
+        assert sorted(job_id for batch in announced for job_id in batch) == [
+            "old-extra",
+            "old-failed",
+            "old-success",
+        ]
+        assert [len(batch) for batch in announced] == [2, 1]
         assert asyncio.run(purge()) == (0, 0)
     finally:
         drop()

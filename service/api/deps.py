@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.config import Settings
+from service.jobs.views import JobViews
 from service.queue import JobQueue
 
 
@@ -29,6 +30,12 @@ async def _queue(request: Request) -> JobQueue:
     return queue
 
 
+async def _views(request: Request) -> JobViews:
+    views: JobViews = request.app.state.views
+    return views
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 SessionDep = Annotated[AsyncSession, Depends(_session)]
 QueueDep = Annotated[JobQueue, Depends(_queue)]
+ViewsDep = Annotated[JobViews, Depends(_views)]

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from service.ansi import strip_ansi
 from service.api.auth import ReadAccess, RunAccess
-from service.api.deps import QueueDep, SessionDep, SettingsDep
+from service.api.deps import QueueDep, SessionDep, SettingsDep, ViewsDep
 from service.errors import InvalidRequest
 from service.jobs import service as jobs
 from service.jobs.repository import EventRepository, JobFilters
@@ -89,8 +89,9 @@ async def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"])
-async def get_job(job_id: JobId, session: SessionDep, _: ReadAccess) -> JobOut:
-    return await jobs.view(session, job_id)
+async def get_job(job_id: JobId, views: ViewsDep, _: ReadAccess) -> Response:
+    # The JSON of JobOut, from memory while the job has not changed (service/jobs/views.py).
+    return Response(await views.get(job_id), media_type="application/json")
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobOut, tags=["jobs"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
 import structlog
@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service import live
 from service.config import Settings
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.jobs.repository import EventRepository, JobFilters, JobRepository
@@ -144,9 +145,11 @@ async def cancel(session: AsyncSession, queue: JobQueue, job_id: str) -> Job:
         raise Conflict(f"job {job_id} already finished as {job.status}")
     if await repository.cancel_queued(job_id):
         await session.commit()
+        await live.changed(queue.redis, job_id)
         return await get(session, job_id)
     if await repository.request_cancel(job_id):
         await session.commit()
+        await live.changed(queue.redis, job_id)
         try:
             await queue.signal_cancel(job_id)
         except (RedisError, OSError) as exc:
@@ -204,10 +207,12 @@ async def purge_expired(
     sessions: async_sessionmaker[AsyncSession],
     *,
     finished_before: datetime,
+    on_deleted: Callable[[list[str]], Awaitable[None]] | None = None,
     jobs_per_batch: int = 100,
     events_per_batch: int = 5000,
 ) -> tuple[int, int]:
-    """Delete finished jobs (and their events) that ended before `finished_before`.
+    """Delete finished jobs (and their events) that ended before `finished_before`; `on_deleted` hears of
+    each batch of deleted jobs once committed.
 
     Every statement touches a bounded range and commits on its own: the event table can be huge, and a
     long DELETE would hold locks the running workers need. Returns (jobs, events) deleted.
@@ -229,7 +234,10 @@ async def purge_expired(
                         job_id, after=after, up_to=up_to
                     )
                     await session.commit()
+        deleted = [job_id for job_id, _ in batch]
         async with sessions() as session:
-            jobs_deleted += await JobRepository(session).delete([job_id for job_id, _ in batch])
+            jobs_deleted += await JobRepository(session).delete(deleted)
             await session.commit()
+        if on_deleted is not None:
+            await on_deleted(deleted)
         log.info("retention: deleted a batch", jobs=len(batch))

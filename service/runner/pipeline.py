@@ -254,6 +254,7 @@ async def execute_run(deps: WorkerDeps, job_id: str) -> None:
         if job is None:
             log.info("not claimed: canceled or taken by another worker")
             return
+        await live.changed(deps.redis, job_id)
         log.info("run started", playbook=job.playbook)
         deps.active.add(job_id)
         started = time.monotonic()
@@ -369,6 +370,7 @@ async def _record_commit(deps: WorkerDeps, job_id: str, commit: str) -> None:
     async with deps.sessions() as session:
         await JobRepository(session).set_source_commit(job_id, commit)
         await session.commit()
+    await live.changed(deps.redis, job_id)
 
 
 async def _scoped(scope: anyio.CancelScope, coroutine: Awaitable[None]) -> None:
