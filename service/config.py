@@ -72,13 +72,14 @@ class Settings(BaseSettings):
     # How long a batch waits for more events after its first: the live stream's added latency, traded for
     # one write per burst of events (a task start and its hosts) instead of one per event.
     event_batch_linger: float = Field(default=0.05, ge=0, le=1)
-    # Events waiting to be written before ansible-runner is made to wait (back-pressure, never a drop).
+    # Events of a run held in memory while the database is slow or away; past that, ansible-runner writes
+    # them to its job_events files, stored at the end of the run (never a drop, Ansible never waits).
     event_buffer_size: int = Field(default=20_000, ge=100)
     stream_maxlen: int = Field(default=10_000, ge=100)
+    stream_ttl_after_end: int = Field(default=3600, ge=1)
     # Jobs whose JSON the API keeps for GET /jobs/{id} while they do not change (service/jobs/views.py);
     # 0 reads the database on every GET.
     job_view_cache_size: int = Field(default=10_000, ge=0, le=1_000_000)
-    stream_ttl_after_end: int = Field(default=3600, ge=1)
     # How long the worker keeps retrying a database write before giving up on it.
     db_retry_for: float = Field(default=120, gt=0)
     # A running job whose worker has not been heard of for this long is ended as "worker lost".

@@ -44,8 +44,9 @@ def stream_key(job_id: str) -> str:
 
 
 # The version token of a job's row: a random value every writer of the row replaces once its change is
-# committed. The API keeps a job's JSON under the token it was read with (service/jobs/views.py).
-VERSION_TTL_S = 24 * 3600
+# committed. The API keeps a job's JSON under the token it was read with (service/jobs/views.py); a token
+# that expired is replaced by the next reader, so its lifetime only bounds Redis' memory.
+_VERSION_TTL_S = 3600
 
 
 def version_key(job_id: str) -> str:
@@ -53,7 +54,7 @@ def version_key(job_id: str) -> str:
 
 
 def _new_version(pipe: Pipeline, job_id: str) -> None:
-    pipe.set(version_key(job_id), uuid.uuid4().hex, ex=VERSION_TTL_S)
+    pipe.set(version_key(job_id), uuid.uuid4().hex, ex=_VERSION_TTL_S)
 
 
 async def changed(redis: Redis, *job_ids: str) -> None:

@@ -83,8 +83,9 @@ class JobViews:
             version: bytes | None = await self._redis.get(key)
             if version is None:
                 fresh = uuid.uuid4().hex.encode()
-                # NX: a writer's token set meanwhile wins, and is read back.
-                if await self._redis.set(key, fresh, nx=True, ex=live.VERSION_TTL_S):
+                # NX: a writer's token set meanwhile wins, and is read back. It lives no longer than a copy
+                # kept under it may be served: GETs of unknown ids leave nothing behind for long.
+                if await self._redis.set(key, fresh, nx=True, ex=int(_MAX_AGE_S)):
                     return fresh
                 version = await self._redis.get(key)
             return version
