@@ -93,6 +93,7 @@ def runs(client: httpx.Client, scratch: Path) -> dict[str, dict[str, Any]]:
         "stdout": {"playbook": "debug.yml", "inventory": "inventory/local1.yml"},
         "nested": {"playbook": "nested/inner.yml", "inventory": "inventory/local1.yml"},
         "prompt": {"playbook": "prompt.yml", "timeout": 120},
+        "raw_lines": {"playbook": "raw_lines.yml"},
     }
     return {name: submit(client, body) for name, body in requests.items()}
 
@@ -152,6 +153,19 @@ def test_events_match_ansible_runners_own_record(
     assert len(files) == len(events) == job["event_count"]
     theirs = Counter(json.loads(path.read_text())["event"] for path in files)
     assert Counter(event["event"] for event in events) == theirs
+
+
+def test_output_outside_events_is_one_event_per_line(
+    client: httpx.Client, runs: dict[str, dict[str, Any]]
+) -> None:
+    # Lines printed outside any event (here ended by carriage returns, as progress output is) reach
+    # ansible-runner together with the next event; it hands them over one by one in one reused dict.
+    job = finished(client, runs, "raw_lines")
+    assert job["status"] == "successful", job["reason"]
+    events = all_events(client, job["id"])
+    assert [event["seq"] for event in events] == list(range(1, job["event_count"] + 1))
+    verbose = [event["stdout"] for event in events if event["event"] == "verbose"]
+    assert verbose[-3:] == ["raw line one", "raw line two", "raw line three"]
 
 
 def test_failed_task(client: httpx.Client, runs: dict[str, dict[str, Any]]) -> None:

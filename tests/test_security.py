@@ -339,7 +339,7 @@ def test_ssh_key_and_vault_password_reach_the_run_and_nothing_else(
     secure: Secure, runner: httpx.Client, runs: dict[str, dict[str, Any]]
 ) -> None:
     job = wait_for(runner, runs["ssh"]["id"])
-    assert job["status"] == "successful", runner.get(f"/api/v1/jobs/{job['id']}/stdout").text
+    assert job["status"] == "successful", (job["reason"], runner.get(f"/api/v1/jobs/{job['id']}/stdout").text)
     assert (secure.targets / "vaulted.txt").read_text() == VAULT_PLAINTEXT
     assert (secure.targets / "ssh_connection.txt").read_text().startswith("127.0.0.1 ")
     assert job["host_stats"]["target"]["changed"] == 2

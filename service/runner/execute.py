@@ -152,6 +152,8 @@ def _keep_event(channel: EventChannel) -> Any:
         # The return value tells ansible-runner whether to write the event's job_events file: only for the
         # events the channel did not carry (it spilled), which the recorder reads back at the end. Writing
         # every event (ansible-runner's default) cost 0.7 ms of the worker's CPU per event here.
-        return "counter" not in event or not channel.put(event)
+        # A copy: ansible-runner hands over one dict per line of output printed outside an event, and
+        # reuses it for the next line, changing its counter and stdout while the channel still holds it.
+        return "counter" not in event or not channel.put(dict(event))
 
     return handler

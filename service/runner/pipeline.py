@@ -267,6 +267,13 @@ async def execute_run(deps: WorkerDeps, job_id: str) -> None:
     )
 
 
+def _internal_error(exc: BaseException) -> str:
+    """A job's reason for a bug of ours: the error itself, not the task group that carried it."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
 async def _execute_claimed(deps: WorkerDeps, job: Job, cancel: threading.Event) -> JobStatus:
     """Carry out a claimed run; returns its final status (raises when the worker is stopped)."""
     job_id = job.id
@@ -300,7 +307,7 @@ async def _execute_claimed(deps: WorkerDeps, job: Job, cancel: threading.Event) 
                     job_id,
                     JobStatus.error,
                     None,
-                    f"internal error: {exc}",
+                    _internal_error(exc),
                     None,
                     recorder.stored_seq,
                     for_s=None,
@@ -357,7 +364,7 @@ async def _prepare(deps: WorkerDeps, job: Job) -> Workspace | None:
                 reason = "worker shut down before the run started"
             elif isinstance(exc, Exception):
                 log.exception("preparing the run failed inside the service")
-                reason = f"internal error: {exc}"
+                reason = _internal_error(exc)
             else:
                 raise
             await _finish(deps, job.id, JobStatus.error, None, reason, None, 0, for_s=None)
