@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 
 from service.embedded import EmbeddedRedis
 from service.runner.execute import kill_run_processes, run_processes
+from service.runner.pipeline import _internal_error
 from tests.conftest import (
     Backends,
     Stack,
@@ -344,3 +345,10 @@ def test_database_away_past_the_limit_ends_the_run_as_error(
             assert probe.runs == 1
         finally:
             stop(worker)
+
+
+def test_a_bugs_reason_names_the_error_not_its_task_group() -> None:
+    nested = ExceptionGroup("outer", [ExceptionGroup("inner", [RuntimeError("event 7 arrived after 5")])])
+    assert _internal_error(nested) == "internal error: RuntimeError: event 7 arrived after 5"
+    two = ExceptionGroup("two", [KeyError("a"), ValueError("b")])
+    assert _internal_error(two) == "internal error: ExceptionGroup: two (2 sub-exceptions)"
