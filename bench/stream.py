@@ -172,7 +172,11 @@ def _measure(events: int, rate: float, reader_counts: list[int]) -> dict[str, An
         settings = Settings(database_url=database_url, redis_url=redis_url)
         migrate(settings)
         port = free_port()
-        env = service_env(database_url, redis_url, Path(tmp), LOG_LEVEL="WARNING")
+        # Every reader is `anonymous` (no authentication): one token's allowance covers them all.
+        allowance = str(max(reader_counts) + 10)
+        env = service_env(
+            database_url, redis_url, Path(tmp), LOG_LEVEL="WARNING", MAX_STREAMS_PER_TOKEN=allowance
+        )
         log = Path(tmp) / "api.log"
         api = start_process(
             [sys.executable, "-m", "uvicorn", "service.main:app", "--port", str(port), "--no-access-log"],

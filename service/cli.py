@@ -23,8 +23,9 @@ import yaml
 from service.ansi import strip_ansi
 from service.api.auth import SCOPES, new_token
 from service.client import ApiClient, StreamMessage
-from service.config import Settings, child_environment, get_settings
+from service.config import Settings, get_settings
 from service.embedded import EmbeddedRedis
+from service.environment import child_environment, exec_clean, take_handoff
 from service.errors import ClientError, ConfigurationError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -422,6 +423,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             migrate(get_settings())
             return EXIT_OK
         if args.command == "worker":
+            if not take_handoff():
+                # Runs can read the environment the worker was started with: start it without secrets.
+                exec_clean(get_settings(), ["-m", "service.cli", "worker"])
             # Imported here: the worker module reads its settings at import, which client commands never need.
             from service.worker import run_worker
 

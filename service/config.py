@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import tempfile
@@ -19,6 +18,7 @@ from service.sources.providers import GitProvider
 
 # Seconds a worker needs, after it stops waiting for running runs, to end them and record how they ended.
 SHUTDOWN_MARGIN = 30
+_PLUGIN_NAME = re.compile(r"^[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*\Z")
 
 
 class Settings(BaseSettings):
@@ -100,11 +100,33 @@ class Settings(BaseSettings):
     # worker execute something or read another path (see service/jobs/variables.py), e.g.
     # ["ansible_connection"].
     extra_vars_allow: list[str] = Field(default_factory=list)
+    # Hosts an inline inventory may expand to (ranges such as h[0:99] count as what they stand for).
+    max_inline_hosts: int = Field(default=10_000, ge=1)
+    # The largest `forks` a request may ask for: each fork is an Ansible process of tens of MiB.
+    max_forks: int = Field(default=50, ge=1, le=500)
+    # Streams (GET /jobs/{id}/stream) one token may hold open at once on one API process (429 beyond).
+    max_streams_per_token: int = Field(default=100, ge=1)
 
     # Credentials for target hosts, mounted from the Secret as files: the private key goes to each run's
     # ssh-agent, the vault password file to ansible-playbook's --vault-password-file.
     ssh_private_key_file: Path | None = None
     vault_password_file: Path | None = None
+    # Host keys of the targets (known_hosts format, mounted from the Secret or a ConfigMap): ssh checks every
+    # target against it. Unset: only the worker user's ~/.ssh/known_hosts, so every SSH target fails.
+    ssh_known_hosts_file: Path | None = None
+    # false accepts whatever key a target presents: module payloads, vault-decrypted values among them, then
+    # go to whatever answers on the target's address (docs/security.md). Sets Ansible's host_key_checking.
+    ssh_host_key_checking: bool = True
+    # Ansible's own ssh_args (ANSIBLE_SSH_ARGS, its default when unset), to which the known hosts file is
+    # added.
+    ansible_ssh_args: str = "-C -o ControlMaster=auto -o ControlPersist=60s"
+    # Inventory plugins runs may use (Ansible's enable_plugins, in order). `script` runs the inventory file
+    # as a program: off unless listed here.
+    inventory_plugins: list[str] = Field(default_factory=lambda: ["host_list", "auto", "yaml", "ini", "toml"])
+    # Set by the service from SSH_HOST_KEY_CHECKING and INVENTORY_PLUGINS: refused in the environment, where
+    # they would look as if they applied.
+    ansible_host_key_checking: str | None = None
+    ansible_inventory_enabled: str | None = None
     # Environment variables, besides RUN_ENV_BASE and ANSIBLE_*, that runs may see (shell patterns).
     run_env_allow: list[str] = Field(default_factory=list)
     db_pool_size: int = Field(default=10, ge=1)
@@ -139,11 +161,34 @@ class Settings(BaseSettings):
         return {**data, "job_completion_wait": int(data["termination_grace_period"]) - SHUTDOWN_MARGIN}
 
     @field_validator(
-        "playbooks_dir", "ansible_collections_path", "work_dir", "ssh_private_key_file", "vault_password_file"
+        "playbooks_dir",
+        "ansible_collections_path",
+        "work_dir",
+        "ssh_private_key_file",
+        "vault_password_file",
+        "ssh_known_hosts_file",
     )
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
+
+    @field_validator("inventory_plugins")
+    @classmethod
+    def _plugin_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not _PLUGIN_NAME.match(name):
+                raise ValueError(f"INVENTORY_PLUGINS: {name!r} is not an inventory plugin name")
+        return names
+
+    @model_validator(mode="after")
+    def _no_overridden_ansible_settings(self) -> Settings:
+        for variable, ours in (
+            ("ANSIBLE_HOST_KEY_CHECKING", "SSH_HOST_KEY_CHECKING"),
+            ("ANSIBLE_INVENTORY_ENABLED", "INVENTORY_PLUGINS"),
+        ):
+            if getattr(self, variable.lower()) is not None:
+                raise ConfigurationError(f"{variable} is set by the service for each run: set {ours} instead")
+        return self
 
     @model_validator(mode="after")
     def _resolve_git_credentials(self) -> Settings:
@@ -219,52 +264,3 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
-
-
-# Names of environment variables whose values are secrets, besides Settings.secret_environment_names.
-SECRET_NAME = re.compile(r"(?i)token|secret|passw|credential|private|auth|cookie|_key$|^key$|dsn|_pat$")
-# What a run's environment may hold (shell patterns), besides ANSIBLE_* (Ansible's own configuration) and
-# RUN_ENV_ALLOW.
-RUN_ENV_BASE = (
-    "PATH",
-    "HOME",
-    "USER",
-    "LOGNAME",
-    "SHELL",
-    "LANG",
-    "LANGUAGE",
-    "LC_*",
-    "TZ",
-    "TMPDIR",
-    "TERM",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "ANSIBLE_*",
-)
-
-
-def scrub_environment(settings: Settings) -> list[str]:
-    """Remove from os.environ every variable a run may not see; return the secret values among them.
-
-    The worker calls this once at startup, after Settings has read the environment: ansible-runner builds
-    ansible-playbook's environment from os.environ (it cannot be given a clean one), so the worker itself
-    must not hold DATABASE_URL, REDIS_URL, API_TOKENS, Git or Galaxy tokens, or anything else from the
-    Secret. Kept: RUN_ENV_BASE, ANSIBLE_* and the patterns in RUN_ENV_ALLOW. Afterwards only the cached
-    `get_settings()` holds the configuration: a new Settings() would not find it. The values under secret
-    names (or carrying a URL password), removed or kept, are returned for redaction.
-    """
-    allowed = (*RUN_ENV_BASE, *settings.run_env_allow)
-    secret_names = set(settings.secret_environment_names)
-    secrets: list[str] = []
-    for name, value in list(os.environ.items()):
-        if name in secret_names or SECRET_NAME.search(name) or ("://" in value and "@" in value):
-            # Also when it stays (an ANSIBLE_* token meant for Ansible): masked in output all the same.
-            secrets.append(value)
-        if name in secret_names or not any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed):
-            del os.environ[name]
-    return secrets
-
-
-def child_environment(overrides: dict[str, str]) -> dict[str, str]:
-    """The environment for a child process of `ars dev`: ours, with the given variables replaced."""
-    return {**os.environ, **overrides}

@@ -45,6 +45,10 @@ class Forbidden(ServiceError):
     status_code = 403
 
 
+class TooManyRequests(ServiceError):
+    status_code = 429
+
+
 class Unavailable(ServiceError):
     status_code = 503
 
@@ -57,3 +61,10 @@ class SourceError(ServiceError):
 
 class ClientError(ServiceError):
     """The `ars` client got no usable answer from the API (unreachable, or it answered with an error)."""
+
+
+def shown(value: str, limit: int = 64) -> str:
+    """`value` quoted for an error message, cut to `limit` characters: input is never echoed unbounded."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value)} characters)"

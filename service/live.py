@@ -2,7 +2,7 @@
 
 The stream is only for readers following a run as it happens; the database is the record. Entry ids are
 ``<seq>-1`` so a reader can resume from any sequence number with XREAD. The API side is `LiveHub`: one
-read loop per followed job, shared by all of that job's readers in the process.
+read loop per API process, over the streams of every followed job, fanned out to their readers.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
@@ -31,12 +31,20 @@ log = structlog.get_logger(__name__)
 END_EVENT = "end"
 
 
+# The API's connections for live output, however many streams it serves: one for the read loop's blocking
+# XREAD, one for everything else (start positions, waking the read loop).
+LIVE_CONNECTIONS = 2
+
+
 def create_live_redis(settings: Settings) -> Redis:
-    """The API's client for following streams; its connections are named for `CLIENT LIST`."""
-    client: Redis = Redis.from_url(
-        settings.require_redis_url(), socket_connect_timeout=2, client_name=f"ars-live-{os.getpid()}"
+    """The API's client for following streams: `LIVE_CONNECTIONS` at most, named for `CLIENT LIST`."""
+    pool = BlockingConnectionPool.from_url(
+        settings.require_redis_url(),
+        max_connections=LIVE_CONNECTIONS,
+        socket_connect_timeout=2,
+        client_name=f"ars-live-{os.getpid()}",
     )
-    return client
+    return Redis.from_pool(pool)
 
 
 def stream_key(job_id: str) -> str:
@@ -180,20 +188,27 @@ class Subscription:
 class _Channel:
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
+        self.key = stream_key(job_id)
         self.subscribers: set[Subscription] = set()
-        self.healthy = True
+        # Where the read loop reads on from; None while unknown (Redis unavailable).
         self.position: str | None = None
+        # False while Redis cannot be read: readers poll the database.
+        self.healthy = True
+        self.ended = False
         # Set once the read position is known (or Redis found unavailable): subscribers wait for it.
         self.started = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
 
 
 class LiveHub:
-    """Follows each job's Redis stream with one read loop per API process, fanned out to its readers.
+    """Follows the Redis streams of every followed job with one read loop per API process, fanned out to
+    each job's readers.
 
-    A reader first subscribes, then replays from the database, then takes live items (dropping those it
-    already has, filling gaps from the database). Every entry added after `subscribe()` returns reaches
-    the subscription, and everything added before was stored before: nothing falls between the two.
+    The loop blocks in one XREAD over all followed streams and a wake-up stream of its own; a new stream
+    joins by a wake-up entry. With a pool of `LIVE_CONNECTIONS`, an API process holds that many Redis
+    connections for live output whatever the number of streams. A reader first subscribes, then replays
+    from the database, then takes live items (dropping those it already has, filling gaps from the
+    database). Every entry added after `subscribe()` returns reaches the subscription, and everything added
+    before was stored before: nothing falls between the two.
     """
 
     def __init__(self, redis: Redis, *, block_ms: int = 5000, max_pending: int = 1000) -> None:
@@ -201,87 +216,130 @@ class LiveHub:
         self._block_ms = block_ms
         self._max_pending = max_pending
         self._channels: dict[str, _Channel] = {}
+        self._wake_key = f"ars:live:wake:{uuid.uuid4().hex}"
+        self._wake_position = "0-0"
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def readers(self) -> int:
         return sum(len(channel.subscribers) for channel in self._channels.values())
 
     @property
+    def followed(self) -> int:
+        return len(self._channels)
+
+    @property
     def read_loops(self) -> int:
-        return sum(1 for channel in self._channels.values() if channel.task and not channel.task.done())
+        return int(self._task is not None and not self._task.done())
 
     @contextlib.asynccontextmanager
     async def subscribe(self, job_id: str) -> AsyncIterator[Subscription]:
         channel = self._channels.get(job_id)
+        created = channel is None
         if channel is None:
             channel = self._channels[job_id] = _Channel(job_id)
-            channel.task = asyncio.create_task(self._read_loop(channel), name=f"live:{job_id}")
         subscription = Subscription(channel, self._max_pending)
         channel.subscribers.add(subscription)
         try:
+            if created:
+                try:
+                    await self._start_position(channel)
+                finally:
+                    channel.started.set()
+                await self._wake()
             await channel.started.wait()
             yield subscription
         finally:
             channel.subscribers.discard(subscription)
             if not channel.subscribers and self._channels.get(job_id) is channel:
                 del self._channels[job_id]
-                if channel.task is not None:
-                    channel.task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await channel.task
+                if not self._channels:
+                    self._stop()
 
     async def close(self) -> None:
-        channels = list(self._channels.values())
         self._channels.clear()
-        for channel in channels:
-            if channel.task is not None:
-                channel.task.cancel()
-        await asyncio.gather(*(c.task for c in channels if c.task is not None), return_exceptions=True)
+        task = self._task
+        self._stop()
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+
+    def _stop(self) -> None:
+        """End the read loop (nothing is followed): its blocking read gives its connection back."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+
+    async def _wake(self) -> None:
+        """Make the read loop (start it, or) issue its XREAD again with the streams followed now."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._read_loop(), name="live")
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._wake_key, {"": ""}, maxlen=1)
+                # Left behind by an API process that stops: gone within the hour.
+                pipe.expire(self._wake_key, 3600)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("live read loop not woken, it looks again within its block time", error=str(exc))
 
     async def _start_position(self, channel: _Channel) -> None:
         """Read on from the newest entry: whatever came before it is in the database already."""
         try:
-            newest = await self._redis.xrevrange(stream_key(channel.job_id), count=1)
+            newest = await self._redis.xrevrange(channel.key, count=1)
         except (RedisError, OSError) as exc:
             log.warning("live stream unavailable, readers poll the database", error=str(exc))
             channel.healthy = False
             return
         channel.position = newest[0][0].decode() if newest else "0-0"
-        channel.healthy = True
 
-    async def _read_loop(self, channel: _Channel) -> None:
-        key = stream_key(channel.job_id)
-        try:
-            await self._start_position(channel)
-        finally:
-            channel.started.set()
+    async def _restart_positions(self, channels: list[_Channel]) -> None:
+        """After Redis was unavailable: read on from each stream's newest entry, and have the readers re-read
+        the database for what came and went meanwhile. Raises while Redis is still unavailable."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for channel in channels:
+                pipe.xrevrange(channel.key, count=1)
+            replies = await pipe.execute()
+        for channel, newest in zip(channels, replies, strict=True):
+            channel.position = newest[0][0].decode() if newest else "0-0"
+            channel.healthy = True
+            for subscription in channel.subscribers:
+                subscription.fall_behind()
+
+    async def _read_loop(self) -> None:
         delay = 0.1
-        while True:
-            if channel.position is None:
+        while self._channels:
+            try:
+                # A channel still starting gets its position from its first subscriber.
+                lost = [c for c in self._channels.values() if c.started.is_set() and c.position is None]
+                if lost:
+                    await self._restart_positions(lost)
+                followed = {c.key: c for c in self._channels.values() if c.position and not c.ended}
+                streams = {self._wake_key: self._wake_position} | {
+                    key: str(channel.position) for key, channel in followed.items()
+                }
+                reply = await self._redis.xread(streams, count=500, block=self._block_ms)  # type: ignore[arg-type]
+            except (RedisError, OSError) as exc:
+                if delay == 0.1:
+                    log.warning("live stream read failed, readers poll the database", error=str(exc))
+                for channel in self._channels.values():
+                    if channel.healthy or channel.position is not None:
+                        channel.healthy = False
+                        channel.position = None
+                        for subscription in channel.subscribers:
+                            subscription.fall_behind()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-                await self._start_position(channel)
-                if channel.healthy:
-                    # Entries may have come and gone while Redis was away: readers re-read the database.
-                    for subscription in channel.subscribers:
-                        subscription.fall_behind()
-                continue
-            try:
-                reply = await self._redis.xread({key: channel.position}, count=500, block=self._block_ms)
-            except (RedisError, OSError) as exc:
-                log.warning("live stream read failed, readers poll the database", error=str(exc))
-                channel.healthy = False
-                channel.position = None
-                for subscription in channel.subscribers:
-                    subscription.fall_behind()
                 continue
             delay = 0.1
-            if not reply:
-                continue
-            entries = reply[0][1]
-            channel.position = entries[-1][0].decode()
-            items = [_decode_entry(entry_id, fields) for entry_id, fields in entries]
-            for subscription in channel.subscribers:
-                subscription.push(items)
-            if isinstance(items[-1], LiveEnd):
-                return
+            for key, entries in reply or []:
+                position = entries[-1][0].decode()
+                if key.decode() == self._wake_key:
+                    self._wake_position = position
+                    continue
+                channel = followed[key.decode()]
+                channel.position = position
+                items = [_decode_entry(entry_id, fields) for entry_id, fields in entries]
+                for subscription in channel.subscribers:
+                    subscription.push(items)
+                channel.ended = isinstance(items[-1], LiveEnd)

@@ -11,6 +11,7 @@ from service.api import health, jobs, metrics, queue, stream
 from service.api.auth import Authenticator
 from service.api.errors import install_error_handlers
 from service.api.limits import BodyLimitMiddleware
+from service.api.stream import StreamAllowance
 from service.config import Settings, get_settings
 from service.db import create_engine, session_factory
 from service.jobs.views import JobViews
@@ -43,9 +44,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.views = JobViews(
             app.state.sessions, redis, settings.job_view_cache_size, api_metrics.job_view_reads
         )
-        # Blocking stream reads hold a connection each: they get a pool of their own.
+        # The live read loop's blocking XREAD holds a connection: it gets a pool of its own.
         live_redis = create_live_redis(settings)
         app.state.live = LiveHub(live_redis)
+        app.state.stream_allowance = StreamAllowance(settings.max_streams_per_token)
         try:
             yield
         finally:

@@ -20,7 +20,7 @@ from service.queue import QueueDepth
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A client's id is kept only when it is safe to echo and log: printable ASCII, no spaces, bounded.
-_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}\Z")
 _UNMATCHED = "<unmatched>"
 
 # Runs last from about a second (a debug task) to hours (a fleet upgrade).

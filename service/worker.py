@@ -26,8 +26,9 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from service import live
-from service.config import get_settings, scrub_environment
+from service.config import get_settings
 from service.db import create_engine, session_factory
+from service.environment import check_started_clean, keep_private, scrub_environment
 from service.jobs import service as jobs
 from service.jobs.repository import JobRepository
 from service.logging import JobIdFilter, configure_logging
@@ -43,7 +44,10 @@ log = structlog.get_logger(__name__)
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings = get_settings()
-    # From here on the worker holds no secret in its environment: runs inherit it (DESIGN section 8).
+    # Runs inherit the worker's environment and can read the one it was started with (service.environment).
+    check_started_clean(settings)
+    if not keep_private():
+        log.warning("the worker's memory is readable by its runs: prctl(PR_SET_DUMPABLE) is not available")
     removed = scrub_environment(settings)
     redactor = Redactor([*settings.secret_values(), *removed])
     configure_logging(settings, redactor)
@@ -78,6 +82,13 @@ async def startup(ctx: dict[str, Any]) -> None:
         # A thread of prometheus-client's own: scrapes are answered even while the loop is busy.
         server, _ = start_http_server(settings.worker_metrics_port, registry=deps.metrics.registry)
         ctx["metrics_server"] = server
+    known_hosts = settings.ssh_known_hosts_file
+    if settings.ssh_host_key_checking and (known_hosts is None or not known_hosts.is_file()):
+        log.warning(
+            "no SSH_KNOWN_HOSTS_FILE: SSH targets not in the worker user's ~/.ssh/known_hosts will fail host "
+            "key verification",
+            ssh_known_hosts_file=str(known_hosts),
+        )
     log.info("worker started", worker_id=deps.worker_id, max_jobs=settings.worker_max_jobs)
 
 

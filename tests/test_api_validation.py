@@ -150,6 +150,20 @@ BAD_BODIES: list[tuple[str, dict[str, Any], str]] = [
         "inventory.plugin",
     ),
     ("inline unknown group key", {**VALID, "inventory": {"all": {"script": "x"}}}, "inventory.all.script"),
+    (
+        "inline group named plugin",
+        {**VALID, "inventory": {"plugin": {"hosts": {"h1": None}}}},
+        "inventory.plugin",
+    ),
+    # `$` would match before a trailing newline: every name pattern is anchored at the very end.
+    ("extra var name with a newline", {**VALID, "extra_vars": {"a\n": 1}}, "extra_vars"),
+    ("inline host with a newline", {**VALID, "inventory": {"all": {"hosts": {"h1\n": None}}}}, "inventory"),
+    ("label key with a newline", {**VALID, "labels": {"team\n": "x"}}, "labels"),
+    ("ansible_user with a newline", {**VALID, "extra_vars": {"ansible_user": "deploy\n"}}, "ansible_user"),
+    ("forks over MAX_FORKS", {**VALID, "forks": 51}, "forks"),
+    ("playbook an option", {"playbook": "-debug.yml"}, "playbook"),
+    ("inventory the source root", {**VALID, "inventory": "."}, "inventory"),
+    ("inventory the source root, slash", {**VALID, "inventory": "./"}, "inventory"),
     ("inline hosts a list", {**VALID, "inventory": {"all": {"hosts": ["h1"]}}}, "inventory.all.hosts"),
 ]
 
@@ -166,6 +180,26 @@ def test_bad_request_is_refused_and_nothing_stored(
     payload = response.json()
     assert set(payload) == {"error", "detail"}
     assert field in payload["detail"], payload
+    assert stack.count_jobs() == before
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"playbook": "debug.yml", "extra_vars": {"x": [1, NaN]}}', "extra_vars.x[1]"),
+        (
+            b'{"playbook": "debug.yml", "inventory": {"all": {"vars": {"x": -Infinity}}}}',
+            "inventory.all.vars.x",
+        ),
+    ],
+    ids=["NaN", "-Infinity"],
+)
+def test_numbers_json_cannot_hold_are_422(stack: Stack, api: httpx.Client, body: bytes, field: str) -> None:
+    # Python's JSON parser takes them; the database's JSON columns and Ansible's JSON output would not.
+    before = stack.count_jobs()
+    response = api.post("/api/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert field in response.json()["detail"]
     assert stack.count_jobs() == before
 
 
@@ -259,6 +293,9 @@ def test_bad_idempotency_key_is_422(stack: Stack, api: httpx.Client) -> None:
         ("/api/v1/jobs?limit=501", 422),
         ("/api/v1/jobs?cursor=not-a-cursor", 422),
         ("/api/v1/jobs?label=novalue", 422),
+        ("/api/v1/jobs?label=k=" + "v" * 257, 422),
+        ("/api/v1/jobs/not-a-job-id", 422),
+        ("/api/v1/jobs/00000000-0000-0000-0000-000000000000/events?after=2147483648", 422),
         ("/api/v1/jobs?created_after=yesterday", 422),
         ("/api/v1/nothing-here", 404),
     ],

@@ -149,9 +149,13 @@ def test_errors_are_clear(stack: Stack, tmp_path: Path) -> None:
     assert refused.returncode == 1
     assert "422" in refused.stderr
     assert "'missing.yml' does not exist" in refused.stderr
-    missing = ars(stack, "show", "no-such-job")
+    missing = ars(stack, "show", "00000000-0000-0000-0000-000000000000")
     assert missing.returncode == 1
     assert "404" in missing.stderr
+    malformed = ars(stack, "show", "no-such-job")
+    assert malformed.returncode == 1
+    assert "422" in malformed.stderr
+    assert "job_id" in malformed.stderr
     bad_vars = ars(stack, "run", "debug.yml", "-e", "novalue")
     assert bad_vars.returncode == 1
     assert "-e: expected key=value" in bad_vars.stderr

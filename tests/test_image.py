@@ -11,6 +11,7 @@ import hashlib
 import resource
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ IMAGE = "localhost/ansible-runner-service:test"
 DEV_RUN_TOKEN = "dev-only-run-token-not-a-secret"
 
 
-def _podman_run_flags(pod: Obj, container: Obj) -> list[str]:
+def _podman_run_flags(rendering: Rendering, pod: Obj, container: Obj) -> list[str]:
     """What Kubernetes would enforce for this pod, as podman flags."""
     security = pod_spec(pod)["securityContext"]
     context = container["securityContext"]
@@ -40,11 +41,20 @@ def _podman_run_flags(pod: Obj, container: Obj) -> list[str]:
     if not context["allowPrivilegeEscalation"]:
         flags += ["--security-opt=no-new-privileges"]
     flags += [f"--cap-drop={cap}" for cap in context["capabilities"]["drop"]]
-    empty_dirs = {volume["name"] for volume in pod_spec(pod)["volumes"] if "emptyDir" in volume}
-    # An emptyDir starts empty and writable: no copy of what the image holds at that path.
+    volumes = {volume["name"]: volume for volume in pod_spec(pod)["volumes"]}
     for mount in container["volumeMounts"]:
-        assert mount["name"] in empty_dirs
-        flags += [f"--tmpfs={mount['mountPath']}:rw,exec,mode=1777,notmpcopyup"]
+        volume = volumes[mount["name"]]
+        if "emptyDir" in volume:
+            # An emptyDir starts empty and writable: no copy of what the image holds at that path.
+            flags += [f"--tmpfs={mount['mountPath']}:rw,exec,mode=1777,notmpcopyup"]
+            continue
+        # A Secret: its keys as read-only files, as the kubelet projects them.
+        files = Path(tempfile.mkdtemp(prefix="secret-"))
+        for key, value in rendering.data("Secret", volume["secret"]["secretName"]).items():
+            (files / key).write_text(value)
+            (files / key).chmod(0o444)
+        files.chmod(0o755)
+        flags += [f"--volume={files}:{mount['mountPath']}:ro"]
     # This sandbox: crun cannot run here (cgroups in hybrid mode), runc can; podman's default ulimits are
     # above what this process may set, so the pod gets ours. Host network: no pod network exists here.
     soft_files, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -65,7 +75,7 @@ def _run_args(
     pod = rendering.get(kind, name)
     container = only_container(pod)
     env = {**rendering.container_env(container), **overrides}
-    args = [*_podman_run_flags(pod, container)]
+    args = [*_podman_run_flags(rendering, pod, container)]
     for key, value in env.items():
         args += ["--env", f"{key}={value}"]
     return [*args, IMAGE, *(command or container["command"])]

@@ -235,6 +235,18 @@ def test_pods_are_locked_down(overlay: tuple[str, Rendering]) -> None:
             assert mounts[work_dir] in empty_dirs
 
 
+def test_the_worker_reads_known_hosts_from_its_secret(overlay: tuple[str, Rendering]) -> None:
+    _, rendering = overlay
+    worker = rendering.get("Deployment", WORKER)
+    known_hosts = Path(_env(rendering, WORKER)["SSH_KNOWN_HOSTS_FILE"])
+    (mount,) = [
+        m for m in only_container(worker)["volumeMounts"] if Path(m["mountPath"]) == known_hosts.parent
+    ]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod_spec(worker)["volumes"] if v["name"] == mount["name"]]
+    assert known_hosts.name in rendering.data("Secret", volume["secret"]["secretName"])
+
+
 def test_dockerfile_is_hadolint_clean_and_matches_the_pods(overlay: tuple[str, Rendering]) -> None:
     _, rendering = overlay
     result = subprocess.run(

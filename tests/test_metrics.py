@@ -57,7 +57,7 @@ def test_api_metrics_count_requests_jobs_and_queue(metered: tuple[Stack, int]) -
         wait_for(client, job["id"])
         for _ in range(3):
             assert client.get(f"/api/v1/jobs/{job['id']}").status_code == 200
-        assert client.get("/api/v1/jobs/no-such-job").status_code == 404
+        assert client.get("/api/v1/jobs/00000000-0000-0000-0000-000000000000").status_code == 404
         after = client.get("/metrics").text
 
     def moved(route: str, status: str, method: str = "GET") -> float:

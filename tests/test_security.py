@@ -65,30 +65,35 @@ def new_token(name: str, *scopes: str) -> tuple[str, str]:
 @dataclass
 class Sshd:
     port: int
+    host_key: Path
+
+
+@dataclass
+class SshTargets:
+    """Two OpenSSH servers on 127.0.0.1 accepting one test key: the target, and an impostor that answers
+    with another host key on an address where `known_hosts` says the target's key is."""
+
+    target: Sshd
+    impostor: Sshd
     client_key: Path
+    known_hosts: Path
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    """A real OpenSSH server on 127.0.0.1 (a free port), accepting one test key for this user."""
+def _start_sshd(directory: Path, name: str, authorized_keys: Path) -> tuple[Sshd, subprocess.Popen[bytes]]:
     binary = shutil.which("sshd") or "/usr/sbin/sshd"
     assert Path(binary).exists(), "openssh-server is needed (.ci/run installs it)"
-    directory = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "client_key"):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / name)], check=True
-        )
-    (directory / "authorized_keys").write_bytes((directory / "client_key.pub").read_bytes())
+    host_key = directory / f"{name}_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
     port = free_port()
-    config = directory / "sshd_config"
+    config = directory / f"{name}_sshd_config"
     config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {directory / 'host_key'}\n"
-        f"PidFile {directory / 'sshd.pid'}\nAuthorizedKeysFile {directory / 'authorized_keys'}\n"
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+        f"PidFile {directory / name}.pid\nAuthorizedKeysFile {authorized_keys}\n"
         "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
     )
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-    log = directory / "sshd.log"
+    log = directory / f"{name}.log"
     process = subprocess.Popen([binary, "-D", "-e", "-f", str(config)], stderr=log.open("wb"))
 
     def listening() -> bool:
@@ -99,10 +104,29 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
         except OSError:
             return False
 
-    wait_until(listening, "sshd to listen", deadline_s=20)
-    yield Sshd(port, directory / "client_key")
-    process.terminate()
-    process.wait(timeout=10)
+    wait_until(listening, f"sshd {name} to listen", deadline_s=20)
+    return Sshd(port, host_key), process
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshTargets]:
+    directory = tmp_path_factory.mktemp("sshd")
+    client_key = directory / "client_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(client_key)], check=True)
+    authorized_keys = directory / "authorized_keys"
+    authorized_keys.write_bytes((directory / "client_key.pub").read_bytes())
+    target, target_process = _start_sshd(directory, "target", authorized_keys)
+    impostor, impostor_process = _start_sshd(directory, "impostor", authorized_keys)
+    # What an operator puts in the Secret: the target's public host key, for both addresses.
+    public = Path(f"{target.host_key}.pub").read_text().split()[:2]
+    known_hosts = directory / "known_hosts"
+    known_hosts.write_text(
+        "".join(f"[127.0.0.1]:{server.port} {' '.join(public)}\n" for server in (target, impostor))
+    )
+    yield SshTargets(target, impostor, client_key, known_hosts)
+    for process in (target_process, impostor_process):
+        process.terminate()
+        process.wait(timeout=10)
 
 
 @dataclass
@@ -110,13 +134,14 @@ class Secure:
     stack: Stack
     tokens: dict[str, str]  # name → token
     secrets: list[str]  # every secret value the service was given
-    sshd: Sshd
+    sshd: SshTargets
     targets: Path
+    impostor_targets: Path
 
 
 @pytest.fixture(scope="module")
 def secure(
-    start_stack: StackFactory, backends: Backends, sshd: Sshd, tmp_path_factory: pytest.TempPathFactory
+    start_stack: StackFactory, backends: Backends, sshd: SshTargets, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Secure]:
     files = tmp_path_factory.mktemp("secret")
     (files / "vault-password").write_text(VAULT_PASSWORD)
@@ -145,13 +170,16 @@ def secure(
         ARS_SAMPLE_SECRET_TOKEN=sample,
         SSH_PRIVATE_KEY_FILE=str(sshd.client_key),
         VAULT_PASSWORD_FILE=str(files / "vault-password"),
+        SSH_KNOWN_HOSTS_FILE=str(sshd.known_hosts),
         EXTRA_VARS_ALLOW='["ansible_python_interpreter"]',
     )
     key_lines = [line for line in sshd.client_key.read_text().splitlines() if "PRIVATE KEY" not in line]
     secrets = [git_token, sample, VAULT_PASSWORD, *key_lines, *entries, *tokens.values()]
     if database_password:
         secrets.append(database_password)
-    yield Secure(stack, tokens, secrets, sshd, tmp_path_factory.mktemp("targets"))
+    yield Secure(
+        stack, tokens, secrets, sshd, tmp_path_factory.mktemp("targets"), tmp_path_factory.mktemp("impostor")
+    )
     # Its processes (and their database connections) go now; the database goes with the session.
     stack.stop()
 
@@ -172,23 +200,24 @@ def runs(secure: Secure, runner: httpx.Client) -> dict[str, dict[str, Any]]:
             "inventory": "inventory/local1.yml",
             "extra_vars": {"payload": {"secrets": echoed, "vault": VAULT_PASSWORD}},
         },
-        "ssh": {
-            "playbook": "ssh_vault.yml",
-            "inventory": {
-                "all": {
-                    "hosts": {
-                        "target": {
-                            "ansible_host": "127.0.0.1",
-                            "ansible_port": secure.sshd.port,
-                            "ansible_user": "root",
-                        }
-                    }
-                }
-            },
-            "extra_vars": {"target_dir": str(secure.targets)},
+        "ssh": ssh_run(secure.sshd.target, secure.targets),
+        "impostor": ssh_run(secure.sshd.impostor, secure.impostor_targets),
+        "environ": {
+            "playbook": "read_environ.yml",
+            "inventory": "inventory/local1.yml",
+            "extra_vars": {"dump": str(secure.targets / "environ.txt")},
         },
     }
     return {name: submit(runner, body) for name, body in requests.items()}
+
+
+def ssh_run(server: Sshd, target_dir: Path) -> dict[str, Any]:
+    host = {"ansible_host": "127.0.0.1", "ansible_port": server.port, "ansible_user": "root"}
+    return {
+        "playbook": "ssh_vault.yml",
+        "inventory": {"all": {"hosts": {"target": host}}},
+        "extra_vars": {"target_dir": str(target_dir)},
+    }
 
 
 def run_output(secure: Secure, client: httpx.Client, job_id: str) -> str:
@@ -361,3 +390,66 @@ def test_logs_hold_no_secret(secure: Secure, runs: dict[str, dict[str, Any]], ru
     logs = "".join(path.read_text() for path in secure.stack.logs.glob("*.log"))
     assert "run finished" in logs
     assert_no_secret(secure, logs)
+
+
+def test_a_target_whose_host_key_is_not_the_known_one_gets_nothing(
+    secure: Secure, runner: httpx.Client, runs: dict[str, dict[str, Any]]
+) -> None:
+    """Host keys are checked against SSH_KNOWN_HOSTS_FILE: whatever else answers on the target's address
+    never gets a module, let alone a vault-decrypted value."""
+    job = wait_for(runner, runs["impostor"]["id"])
+    stdout = runner.get(f"/api/v1/jobs/{job['id']}/stdout").text
+    assert not (secure.impostor_targets / "vaulted.txt").exists(), stdout
+    assert job["status"] == "failed", (job, stdout)
+    assert job["host_stats"]["target"]["unreachable"] == 1
+    assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in stdout or "Host key verification failed" in stdout
+
+
+def test_no_process_a_run_can_read_holds_a_service_secret(
+    secure: Secure, runner: httpx.Client, runs: dict[str, dict[str, Any]]
+) -> None:
+    """From inside a run: the environment of every process it can read (/proc/<pid>/environ). The API is
+    left out: it runs in a pod of its own, which a run cannot see."""
+    job = wait_for(runner, runs["environ"]["id"])
+    assert job["status"] == "successful", job
+    api, worker = (process.pid for process in secure.stack.processes[:2])
+    environments: dict[int, str] = {}
+    for line in (secure.targets / "environ.txt").read_text().splitlines():
+        pid, _, environ = line.partition(" ")
+        environments[int(pid)] = environ
+    # The run could read the worker's environment: the check below looked where the secrets used to be.
+    assert "PATH=" in environments[worker]
+    holders = {
+        pid: [secret for secret in secure.secrets if secret in environ]
+        for pid, environ in environments.items()
+        if pid != api
+    }
+    assert {pid: found for pid, found in holders.items() if found} == {}
+
+
+def test_the_workers_memory_and_environment_are_private_to_it() -> None:
+    """`keep_private()`, called by the worker at startup: a process of the same user (a run) cannot open its
+    /proc/<pid> files (memory, open files, environment). Shown on the environment, with processes of
+    `nobody` (root, the tests' user, may read anything), beside a process that is not private."""
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    code = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from service.environment import keep_private;"
+        " assert sys.argv[2] == 'open' or keep_private(); print('ready', flush=True); time.sleep(60)"
+    )
+    readable: dict[str, bool] = {}
+    for mode in ("private", "open"):
+        process = subprocess.Popen(
+            [*nobody, sys.executable, "-c", code, str(ROOT), mode],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={"PATH": "/usr/bin:/bin", "SAMPLE_SECRET": "sample-value"},
+        )
+        try:
+            assert process.stdout is not None and process.stdout.readline() == "ready\n"
+            reader = subprocess.run([*nobody, "cat", f"/proc/{process.pid}/environ"], capture_output=True)
+            readable[mode] = b"sample-value" in reader.stdout
+        finally:
+            process.kill()
+            process.wait()
+    assert readable["open"] is True
+    assert readable["private"] is False

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from service.embedded import free_port
 from tests.conftest import ROOT, WORKER_COMMAND, Backends, api_command, lone_api, service_env
@@ -57,3 +59,32 @@ def test_database_unreachable_is_503_not_500(backends: Backends, tmp_path: Path)
     assert response.status_code == 503, response.text
     assert response.json()["error"] == "Unavailable"
     assert response.headers["Retry-After"] == "5"
+
+
+def test_a_worker_started_with_secrets_in_its_environment_refuses_to_run(
+    backends: Backends, tmp_path: Path
+) -> None:
+    """Runs can read /proc/<worker>/environ: only `ars worker`, which starts without secrets there, runs."""
+    env = service_env(backends.database_server_url, backends.redis_url, tmp_path)
+    env["API_TOKENS"] = "ci:run:" + "ab" * 32
+    arq = [str(Path(sys.executable).parent / "arq"), "service.worker.WorkerSettings"]
+    stderr = refuses_to_start(arq, env)
+    assert "started with secrets in its environment" in stderr
+    assert "API_TOKENS" in stderr
+    assert "ars worker" in stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "ours"),
+    [
+        ("ANSIBLE_HOST_KEY_CHECKING", "SSH_HOST_KEY_CHECKING"),
+        ("ANSIBLE_INVENTORY_ENABLED", "INVENTORY_PLUGINS"),
+    ],
+)
+def test_ansible_settings_the_service_sets_are_refused_in_its_environment(
+    backends: Backends, tmp_path: Path, variable: str, ours: str
+) -> None:
+    env = {**service_env(backends.database_server_url, backends.redis_url, tmp_path), variable: "False"}
+    assert f"{variable} is set by the service for each run: set {ours} instead" in refuses_to_start(
+        WORKER_COMMAND, env
+    )

@@ -17,7 +17,7 @@ from service.errors import ConfigurationError, Forbidden, Unauthorized
 
 SCOPES = ("read", "run", "admin")
 _NAME = r"[A-Za-z0-9_.@-]{1,64}"
-_ENTRY = re.compile(rf"^(?P<name>{_NAME}):(?P<scopes>[a-z,]+):(?P<digest>[0-9a-f]{{64}})$")
+_ENTRY = re.compile(rf"^(?P<name>{_NAME}):(?P<scopes>[a-z,]+):(?P<digest>[0-9a-f]{{64}})\Z")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.config import Settings
@@ -36,6 +36,15 @@ async def _views(request: Request) -> JobViews:
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
+# Checked before any lookup: nothing else reaches the database, Redis keys or an error message.
+JobId = Annotated[
+    str,
+    Path(
+        description="the job's id (a UUID, as `POST /jobs` returned it)",
+        max_length=36,
+        pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+    ),
+]
 SessionDep = Annotated[AsyncSession, Depends(_session)]
 QueueDep = Annotated[JobQueue, Depends(_queue)]
 ViewsDep = Annotated[JobViews, Depends(_views)]

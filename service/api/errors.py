@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
-from service.errors import ServiceError
+from service.errors import ServiceError, shown
 
 _HTTP_KINDS = {
     400: "BadRequest",
@@ -19,6 +19,7 @@ _HTTP_KINDS = {
     404: "NotFound",
     405: "MethodNotAllowed",
     413: "PayloadTooLarge",
+    429: "TooManyRequests",
     415: "UnsupportedMediaType",
 }
 
@@ -31,7 +32,8 @@ def error_response(
 
 def _field(loc: tuple[Any, ...]) -> str:
     # ("body", "source", "git", "ref") → "source.ref": the location as the client wrote it.
-    parts = [str(part) for part in loc if part not in ("body",)]
+    # A part can be a key of the client's own (an unknown field): never echoed unbounded.
+    parts = [str(part) if len(str(part)) <= 64 else shown(str(part)) for part in loc if part not in ("body",)]
     if len(loc) > 2 and loc[0] == "body" and loc[1] == "source" and len(parts) > 2:
         parts = [parts[0], *parts[2:]]
     return ".".join(parts) or "body"

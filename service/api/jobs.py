@@ -12,8 +12,8 @@ from fastapi.responses import StreamingResponse
 
 from service.ansi import strip_ansi
 from service.api.auth import ReadAccess, RunAccess
-from service.api.deps import QueueDep, SessionDep, SettingsDep, ViewsDep
-from service.errors import InvalidRequest
+from service.api.deps import JobId, QueueDep, SessionDep, SettingsDep, ViewsDep
+from service.errors import InvalidRequest, shown
 from service.jobs import service as jobs
 from service.jobs.repository import EventRepository, JobFilters
 from service.jobs.schemas import (
@@ -31,8 +31,7 @@ from service.sources.bundled import list_playbooks
 
 router = APIRouter(prefix="/api/v1")
 
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-JobId = Annotated[str, "job id"]
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}\Z")
 
 
 @router.post("/jobs", status_code=202, response_model=JobOut, tags=["jobs"])
@@ -64,7 +63,9 @@ async def list_jobs(
     _: ReadAccess,
     status: Annotated[list[JobStatus] | None, Query(description="repeat for several")] = None,
     playbook: Annotated[str | None, Query(max_length=512)] = None,
-    label: Annotated[list[str] | None, Query(description="`key=value`, repeat to require several")] = None,
+    label: Annotated[
+        list[str] | None, Query(max_length=32, description="`key=value`, repeat to require several")
+    ] = None,
     created_after: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
@@ -73,8 +74,10 @@ async def list_jobs(
     labels = []
     for item in label or []:
         key, sep, value = item.partition("=")
-        if not sep or not LABEL_KEY.match(key):
-            raise InvalidRequest(f"label: expected key=value, got {item!r}")
+        if not sep or not LABEL_KEY.match(key) or len(value) > 256:
+            raise InvalidRequest(
+                f"label: expected key=value (a value of 256 characters at most), got {shown(item)}"
+            )
         labels.append((key, value))
     if created_after is not None and created_after.tzinfo is not None:
         created_after = created_after.astimezone(UTC).replace(tzinfo=None)
@@ -105,7 +108,7 @@ async def job_events(
     job_id: JobId,
     session: SessionDep,
     _: ReadAccess,
-    after: Annotated[int, Query(ge=0, description="return events with seq > after")] = 0,
+    after: Annotated[int, Query(ge=0, le=2**31 - 1, description="return events with seq > after")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> EventPage:
     rows = await jobs.events(session, job_id, after=after, limit=limit)

@@ -3,21 +3,62 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Annotated
+import collections
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Receive, Scope, Send
 
 from service.api.auth import ReadAccess
-from service.api.deps import SessionDep, SettingsDep
-from service.errors import InvalidRequest
+from service.api.deps import JobId, SessionDep, SettingsDep
+from service.errors import InvalidRequest, TooManyRequests
 from service.jobs import service as jobs
 from service.jobs.follow import FollowTiming, JobEnd, follow_job
 from service.live import LiveHub
 
 router = APIRouter(prefix="/api/v1")
+
+
+class StreamAllowance:
+    """Streams each token holds open in this API process, `limit` at most: a reader's stream costs the API
+    a task and a share of its live read loop for as long as the reader stays."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: collections.Counter[str] = collections.Counter()
+
+    def take(self, token_name: str) -> Callable[[], None]:
+        """Count one more stream of this token (TooManyRequests beyond the limit); returns its release."""
+        if self._open[token_name] >= self.limit:
+            raise TooManyRequests(
+                f"token {token_name!r} already holds {self.limit} open streams on this API process "
+                "(MAX_STREAMS_PER_TOKEN): close one first"
+            )
+        self._open[token_name] += 1
+
+        def release() -> None:
+            self._open[token_name] -= 1
+            if not self._open[token_name]:
+                del self._open[token_name]
+
+        return release
+
+
+class _CountedStream(EventSourceResponse):
+    """An event stream that gives its slot back however it ends, also when it never started."""
+
+    def __init__(self, *args: Any, release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 def _resume_point(after: int, last_event_id: str | None) -> int:
@@ -36,11 +77,11 @@ def _resume_point(after: int, last_event_id: str | None) -> int:
     tags=["jobs"],
 )
 async def stream_job(
-    job_id: str,
+    job_id: JobId,
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
-    _: ReadAccess,
+    principal: ReadAccess,
     after: Annotated[int, Query(ge=0, description="send events with seq > after")] = 0,
     last_event_id: Annotated[str | None, Header(description="resume after this seq; wins over after")] = None,
 ) -> EventSourceResponse:
@@ -52,6 +93,8 @@ async def stream_job(
     await session.close()
     hub: LiveHub = request.app.state.live
     timing = FollowTiming(recheck_s=settings.stream_recheck_interval, poll_s=settings.stream_poll_interval)
+    allowance: StreamAllowance = request.app.state.stream_allowance
+    release = allowance.take(principal.name)
 
     async def messages() -> AsyncIterator[ServerSentEvent]:
         async for item in follow_job(request.app.state.sessions, hub, job_id, after=after, timing=timing):
@@ -60,12 +103,15 @@ async def stream_job(
             else:
                 yield ServerSentEvent(data=item.data, event=item.event, id=str(item.seq))
 
-    return EventSourceResponse(messages(), ping=settings.stream_keepalive, sep="\n")
+    return _CountedStream(messages(), ping=settings.stream_keepalive, sep="\n", release=release)
 
 
 class StreamStats(BaseModel):
     readers: int = Field(description="open streams in this API process")
-    read_loops: int = Field(description="Redis read loops (one per followed job) in this API process")
+    followed: int = Field(description="jobs whose live output this API process follows")
+    read_loops: int = Field(
+        description="Redis read loops in this API process (one, while anything is followed)"
+    )
     tasks: int = Field(description="asyncio tasks in this API process")
 
 
@@ -73,4 +119,6 @@ class StreamStats(BaseModel):
 async def stream_stats(request: Request, _: ReadAccess) -> StreamStats:
     """What this API process spends on live output: readers, shared read loops, tasks."""
     hub: LiveHub = request.app.state.live
-    return StreamStats(readers=hub.readers, read_loops=hub.read_loops, tasks=len(asyncio.all_tasks()))
+    return StreamStats(
+        readers=hub.readers, followed=hub.followed, read_loops=hub.read_loops, tasks=len(asyncio.all_tasks())
+    )

@@ -9,13 +9,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
+from service.errors import shown
+from service.jobs.hosts import check_limit
 from service.models import Job, JobEvent
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 # C0 and C1 controls, line and paragraph separators, and bidirectional overrides (text that displays
 # differently from what it is).
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
+LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}\Z")
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
@@ -88,7 +90,9 @@ class JobRequest(BaseModel):
     check: bool = Field(default=False, description="run in check mode: change nothing")
     diff: bool = Field(default=False, description="show diffs of changed files and templates")
     verbosity: int = Field(default=0, ge=0, le=4, description="0 to 4, as -v to -vvvv")
-    forks: int | None = Field(default=None, ge=1, le=500, description="parallel hosts (--forks)")
+    forks: int | None = Field(
+        default=None, ge=1, description="parallel hosts (--forks), at most MAX_FORKS (50 by default)"
+    )
     timeout: int | None = Field(
         default=None,
         ge=1,
@@ -103,8 +107,11 @@ class JobRequest(BaseModel):
 
     @field_validator("limit")
     @classmethod
-    def _limit_not_option(cls, value: str | None) -> str | None:
-        return None if value is None else _no_option(value, "limit")
+    def _limit_patterns_only(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        check_limit(_no_option(value, "limit"))
+        return value
 
     @field_validator("tags", "skip_tags")
     @classmethod
@@ -122,7 +129,7 @@ class JobRequest(BaseModel):
             raise ValueError("at most 32 labels")
         for key, value in labels.items():
             if not LABEL_KEY.match(key):
-                raise ValueError(f"label key {key!r} must match {LABEL_KEY.pattern}")
+                raise ValueError(f"label key {shown(key)} must match {LABEL_KEY.pattern}")
             if _CONTROL.search(value):
                 raise ValueError(f"label {key!r} must not contain control characters")
         return labels

@@ -21,7 +21,7 @@ from service.jobs.schemas import GitSource, JobOut, JobRequest
 from service.jobs.variables import check_inventory, check_variables
 from service.models import Job, JobEvent, JobStatus, utcnow
 from service.queue import JobQueue
-from service.sources.paths import PLAYBOOK_SUFFIXES, check_relative, resolve_inside, resolve_playbook
+from service.sources.paths import PLAYBOOK_SUFFIXES, check_relative, resolve_inventory, resolve_playbook
 from service.sources.providers import check_ref, locate_repo
 
 log = structlog.get_logger(__name__)
@@ -41,15 +41,17 @@ def _validate_source(request: JobRequest, settings: Settings) -> None:
     root = settings.playbooks_dir
     resolve_playbook(root, request.playbook)
     if isinstance(request.inventory, str):
-        resolve_inside(root, request.inventory, "inventory")
+        resolve_inventory(root, request.inventory)
 
 
 def _validate_limits(request: JobRequest, settings: Settings) -> None:
     if request.timeout is not None and request.timeout > settings.max_run_timeout:
         raise InvalidRequest(f"timeout: at most {settings.max_run_timeout} seconds")
+    if request.forks is not None and request.forks > settings.max_forks:
+        raise InvalidRequest(f"forks: at most {settings.max_forks} (MAX_FORKS)")
     check_variables(request.extra_vars, "extra_vars", settings.extra_vars_allow)
     if isinstance(request.inventory, dict):
-        check_inventory(request.inventory, settings.extra_vars_allow)
+        check_inventory(request.inventory, settings.extra_vars_allow, settings.max_inline_hosts)
 
 
 async def submit(

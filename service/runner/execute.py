@@ -35,11 +35,14 @@ RUN_MARKER = "ARS_RUN_ID"
 
 
 def ansible_environment(settings: Settings, job_id: str) -> dict[str, str]:
-    """Variables ansible-runner adds to the child's environment."""
+    """Variables ansible-runner adds to the child's environment.
+
+    They win over the worker's own ANSIBLE_* variables and over a project's ansible.cfg.
+    """
     # The worker's own Python environment first: its ansible-playbook is the one installed with the service,
     # also when the virtualenv is not activated.
     path = os.pathsep.join([str(Path(sys.executable).parent), settings.path])
-    return {
+    environment = {
         # Inherited by every process of the run, also those that leave its process group (modules that
         # start their own session): how an interrupted run's leftovers are found.
         RUN_MARKER: job_id,
@@ -49,7 +52,16 @@ def ansible_environment(settings: Settings, job_id: str) -> dict[str, str]:
         "ANSIBLE_FORCE_COLOR": "1",
         "ANSIBLE_NOCOWS": "1",
         "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        # Without `script` unless the operator lists it: an inventory path a request names is read, never
+        # run (service/sources/paths.py).
+        "ANSIBLE_INVENTORY_ENABLED": ",".join(settings.inventory_plugins),
+        # ansible-runner turns host key checking off unless this is set.
+        "ANSIBLE_HOST_KEY_CHECKING": str(settings.ssh_host_key_checking),
     }
+    if settings.ssh_known_hosts_file is not None:
+        known_hosts = shlex.quote(f"UserKnownHostsFile={settings.ssh_known_hosts_file}")
+        environment["ANSIBLE_SSH_ARGS"] = f"{settings.ansible_ssh_args} -o {known_hosts}"
+    return environment
 
 
 def run_ansible(

@@ -14,17 +14,22 @@ import yaml
 from service.config import Settings
 from service.models import Job
 from service.sources.git import MirrorCache
-from service.sources.paths import resolve_inside, resolve_playbook
+from service.sources.paths import resolve_inventory, resolve_playbook
 from service.sources.providers import check_ref, locate_repo
 from service.sources.requirements import prepare_requirements
 
 log = structlog.get_logger(__name__)
 
 
-class _UnsafeDumper(yaml.SafeDumper):
-    """Tags every string value `!unsafe`, so Ansible never renders `{{ … }}` that came from a request.
+class _Names(dict[str, Any]):
+    """A mapping whose keys are names Ansible reads as names (variables, groups, hosts), checked at submit
+    by strict patterns: written as plain strings."""
 
-    Mapping keys (variable, host and group names) stay plain strings.
+
+class _UnsafeDumper(yaml.SafeDumper):
+    """Tags every string `!unsafe`, values and mapping keys alike, so Ansible never renders `{{ … }}` that
+    came from a request: a playbook looping over a mapping (`dict2items`) hands its keys to templates.
+    Only the keys of `_Names` mappings stay plain.
     """
 
 
@@ -32,22 +37,45 @@ def _represent_unsafe(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     return dumper.represent_scalar("!unsafe", value)
 
 
-def _represent_mapping(dumper: yaml.SafeDumper, data: dict[Any, Any]) -> yaml.MappingNode:
+def _represent_names(dumper: yaml.SafeDumper, data: _Names) -> yaml.MappingNode:
     pairs = [
-        (dumper.represent_scalar("tag:yaml.org,2002:str", str(key)), dumper.represent_data(value))
+        (dumper.represent_scalar("tag:yaml.org,2002:str", key), dumper.represent_data(value))
         for key, value in data.items()
     ]
     return yaml.MappingNode("tag:yaml.org,2002:map", pairs)
 
 
 _UnsafeDumper.add_representer(str, _represent_unsafe)
-_UnsafeDumper.add_representer(dict, _represent_mapping)
+_UnsafeDumper.add_representer(_Names, _represent_names)
 
 
-def dump_unsafe(data: Any) -> str:
+def _dump(document: _Names) -> str:
     return yaml.dump(
-        data, Dumper=_UnsafeDumper, default_flow_style=False, allow_unicode=True, sort_keys=False
+        document, Dumper=_UnsafeDumper, default_flow_style=False, allow_unicode=True, sort_keys=False
     )
+
+
+def dump_unsafe(variables: dict[str, Any]) -> str:
+    """Variables as an extra vars file: names plain, everything inside their values `!unsafe`."""
+    return _dump(_Names(variables))
+
+
+def _group(group: dict[str, Any] | None) -> _Names:
+    group = group or {}
+    document = _Names()
+    if group.get("hosts") is not None:
+        hosts = group["hosts"].items()
+        document["hosts"] = _Names({host: _Names(host_vars or {}) for host, host_vars in hosts})
+    if group.get("vars") is not None:
+        document["vars"] = _Names(group["vars"])
+    if group.get("children") is not None:
+        document["children"] = _Names({name: _group(child) for name, child in group["children"].items()})
+    return document
+
+
+def dump_inventory(inventory: dict[str, Any]) -> str:
+    """An inline inventory as a YAML inventory: group, host and variable names plain, values `!unsafe`."""
+    return _dump(_Names({name: _group(group) for name, group in inventory.items()}))
 
 
 @dataclass(frozen=True)
@@ -120,12 +148,12 @@ def prepare(job: Job, settings: Settings, private: Path, source: SourceTree) -> 
         (env / "extravars").write_text(dump_unsafe(job.extra_vars), encoding="utf-8")
     inventory: str | None = None
     if isinstance(job.inventory, str):
-        inventory = str(resolve_inside(project_dir, job.inventory, "inventory"))
+        inventory = str(resolve_inventory(project_dir, job.inventory))
     elif isinstance(job.inventory, dict):
         directory = private / "inventory"
         directory.mkdir()
         path = directory / "hosts.yml"
-        path.write_text(dump_unsafe(job.inventory), encoding="utf-8")
+        path.write_text(dump_inventory(job.inventory), encoding="utf-8")
         inventory = str(path)
     environment = prepare_requirements(project_dir, private, settings) if source.commit else {}
     return Workspace(

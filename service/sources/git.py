@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -34,8 +35,8 @@ from service.sources.providers import RepoLocation
 
 log = structlog.get_logger(__name__)
 
-_FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
-_SHORT_SHA = re.compile(r"^[0-9a-f]{7,39}$")
+_FULL_SHA = re.compile(r"^[0-9a-f]{40}\Z")
+_SHORT_SHA = re.compile(r"^[0-9a-f]{7,39}\Z")
 _LAST_USED = "ars-last-used"
 
 
@@ -201,7 +202,7 @@ class _Git:
             "GIT_CONFIG_NOSYSTEM": "1",
             "GIT_CONFIG_GLOBAL": os.devnull,
             "GIT_TERMINAL_PROMPT": "0",
-            "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
+            "GIT_SSH_COMMAND": _ssh_command(settings),
             "GIT_CONFIG_COUNT": str(len(config)),
         }
         for index, (key, value) in enumerate(config):
@@ -290,6 +291,16 @@ class _Git:
             return f"TLS certificate of {provider.host} is not trusted (set ca_file on the provider)"
         last = next((line for line in reversed(stderr.strip().splitlines()) if line.strip()), "no output")
         return f"git {what} of {url} failed: {last.strip()}"
+
+
+def _ssh_command(settings: Settings) -> str:
+    """ssh for git over ssh: never a prompt, host keys checked against SSH_KNOWN_HOSTS_FILE when set."""
+    options = ["-o", "BatchMode=yes"]
+    if settings.ssh_known_hosts_file is not None:
+        options += ["-o", f"UserKnownHostsFile={settings.ssh_known_hosts_file}"]
+    if not settings.ssh_host_key_checking:
+        options += ["-o", "StrictHostKeyChecking=no"]
+    return shlex.join(["ssh", *options])
 
 
 @contextlib.contextmanager

@@ -20,11 +20,11 @@ from service.errors import InvalidRequest
 ProviderType = Literal["azure", "gitlab", "github", "generic"]
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_HOST = re.compile(rf"^(?P<name>{_LABEL}(?:\.{_LABEL})*)(?::(?P<port>[0-9]{{1,5}}))?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HOST = re.compile(rf"^(?P<name>{_LABEL}(?:\.{_LABEL})*)(?::(?P<port>[0-9]{{1,5}}))?\Z")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
 # user@host:path, git's "scp-like" syntax (no scheme, and no slash before the colon).
-_SCP_LIKE = re.compile(r"^(?P<user>[A-Za-z0-9._-]+)@(?P<host>[^/:@]+):(?P<path>[^/].*)$")
+_SCP_LIKE = re.compile(r"^(?P<user>[A-Za-z0-9._-]+)@(?P<host>[^/:@]+):(?P<path>[^/].*)\Z")
 _DEFAULT_PORTS = {"https": 443, "http": 80, "ssh": 22}
 
 # The Basic user name each provider expects in front of a token.
