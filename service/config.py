@@ -111,8 +111,8 @@ class Settings(BaseSettings):
     # ssh-agent, the vault password file to ansible-playbook's --vault-password-file.
     ssh_private_key_file: Path | None = None
     vault_password_file: Path | None = None
-    # Host keys of the targets (known_hosts format, mounted from the Secret or a ConfigMap): ssh checks every
-    # target against it. Unset: only the worker user's ~/.ssh/known_hosts, so every SSH target fails.
+    # Host keys of the targets (known_hosts format, mounted from the Secret): ssh checks every target against
+    # it. Unset: the worker user's ~/.ssh/known_hosts, where a pod knows no host.
     ssh_known_hosts_file: Path | None = None
     # false accepts whatever key a target presents: module payloads, vault-decrypted values among them, then
     # go to whatever answers on the target's address (docs/security.md). Sets Ansible's host_key_checking.

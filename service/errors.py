@@ -63,6 +63,11 @@ class ClientError(ServiceError):
     """The `ars` client got no usable answer from the API (unreachable, or it answered with an error)."""
 
 
+def as_field(name: str) -> str:
+    """A name of the client's own (a key) as part of a field path: as it is, or cut when it is long."""
+    return name if len(name) <= 64 else shown(name)
+
+
 def shown(value: str, limit: int = 64) -> str:
     """`value` quoted for an error message, cut to `limit` characters: input is never echoed unbounded."""
     if len(value) <= limit:

@@ -32,6 +32,7 @@ from redis import asyncio as aioredis
 
 from service.api.auth import new_token
 from service.config import Settings
+from service.jobs.variables import MAGIC_VARIABLES, refused_name
 from service.live import publish_events
 from service.runner.execute import ansible_environment
 from service.runner.workspace import dump_unsafe
@@ -363,6 +364,21 @@ def test_magic_variables_are_refused(lone: Lone, queued: httpx.Client, name: str
     for where, body in attacks.items():
         refused(queued.post("/api/v1/jobs", json={"playbook": "debug.yml", **body}), where)
     assert lone.stack.count_jobs() == before
+
+
+def test_the_refused_names_cover_what_ansible_sets_itself() -> None:
+    """The variables the installed Ansible sets for a host, outside `ansible_*`, are all refused."""
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.vars.manager import VariableManager
+
+    loader = DataLoader()
+    inventory = InventoryManager(loader=loader, sources=["h1,"])
+    variables = VariableManager(loader=loader, inventory=inventory).get_vars(host=inventory.get_host("h1"))
+    names = {name for name in variables if not name.startswith("ansible_")}
+    assert names >= {"inventory_hostname", "groups", "group_names", "playbook_dir"}
+    assert names - MAGIC_VARIABLES == set()
+    assert all(refused_name(name, allowed=()) for name in names | MAGIC_VARIABLES)
 
 
 def test_an_operator_can_allow_a_magic_name(queued: httpx.Client) -> None:

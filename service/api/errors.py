@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
-from service.errors import ServiceError, shown
+from service.errors import ServiceError, as_field
 
 _HTTP_KINDS = {
     400: "BadRequest",
@@ -33,7 +33,7 @@ def error_response(
 def _field(loc: tuple[Any, ...]) -> str:
     # ("body", "source", "git", "ref") → "source.ref": the location as the client wrote it.
     # A part can be a key of the client's own (an unknown field): never echoed unbounded.
-    parts = [str(part) if len(str(part)) <= 64 else shown(str(part)) for part in loc if part not in ("body",)]
+    parts = [as_field(str(part)) for part in loc if part not in ("body",)]
     if len(loc) > 2 and loc[0] == "body" and loc[1] == "source" and len(parts) > 2:
         parts = [parts[0], *parts[2:]]
     return ".".join(parts) or "body"

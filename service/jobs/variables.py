@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable, Collection
 from typing import Any
 
-from service.errors import InvalidRequest, shown
+from service.errors import InvalidRequest, as_field
 from service.jobs.hosts import host_count
 
 # Variables Ansible sets itself, besides `ansible_*` (ansible/vars/manager.py `_get_magic_variables`,
@@ -85,16 +85,14 @@ def _is_port(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
 
 
+_A_USER = "a user name (letters, digits, '_', '.', '-'; not starting with '.' or '-')"
 # The ordinary target variables a request may set, and what their values must be.
 TARGET_VARIABLES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ansible_host": (_is_host, "a host name or an IP address"),
     "ansible_port": (_is_port, "a port number (an integer from 1 to 65535)"),
-    "ansible_user": (_is_user, "a user name (letters, digits, '_', '.', '-'; not starting with '.' or '-')"),
+    "ansible_user": (_is_user, _A_USER),
     "ansible_become": (lambda value: isinstance(value, bool), "true or false"),
-    "ansible_become_user": (
-        _is_user,
-        "a user name (letters, digits, '_', '.', '-'; not starting with '.' or '-')",
-    ),
+    "ansible_become_user": (_is_user, _A_USER),
 }
 _VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 _TEMPLATE_MARKERS = ("{{", "{%", "{#")
@@ -102,11 +100,6 @@ _TEMPLATE_MARKERS = ("{{", "{%", "{#")
 # user@, no spaces or controls.
 _INVENTORY_NAME = re.compile(r"^[A-Za-z0-9_\[][A-Za-z0-9_.:\[\]%-]{0,254}\Z")
 _INVENTORY_GROUP_KEYS = ("hosts", "vars", "children")
-
-
-def _name(name: str) -> str:
-    """A name as a field path shows it: cut when it is long (input is never echoed unbounded)."""
-    return name if len(name) <= 64 else shown(name)
 
 
 def refused_name(name: str, allowed: Collection[str]) -> bool:
@@ -124,7 +117,7 @@ def check_variables(variables: dict[str, Any], where: str, allowed: Collection[s
     """Names are valid Ansible variable names and not worker knobs; target values are what they say;
     nothing inside a value is a template key or a number JSON cannot hold."""
     for name, value in variables.items():
-        field = f"{where}.{_name(name)}"
+        field = f"{where}.{as_field(name)}"
         if not _VARIABLE_NAME.match(name) or keyword.iskeyword(name):
             raise InvalidRequest(f"{field}: not a valid Ansible variable name (letters, digits, '_')")
         if refused_name(name, allowed):
@@ -143,7 +136,7 @@ def check_variables(variables: dict[str, Any], where: str, allowed: Collection[s
 def _check_data(value: Any, field: str) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
-            path = f"{field}.{_name(key)}"
+            path = f"{field}.{as_field(key)}"
             if any(marker in key for marker in _TEMPLATE_MARKERS):
                 raise InvalidRequest(
                     f"{path}: a key must not hold a template ({', '.join(_TEMPLATE_MARKERS)}): a playbook "
@@ -184,7 +177,7 @@ def check_inventory(inventory: dict[str, Any], allowed: Collection[str], max_hos
             # Ansible's `auto` inventory plugin reads a YAML file with a top-level `plugin` key as the
             # configuration of the inventory plugin it names.
             raise InvalidRequest("inventory.plugin: refused: a group cannot be named 'plugin'")
-        _check_group(group, f"inventory.{_name(name)}", name, allowed, budget)
+        _check_group(group, f"inventory.{as_field(name)}", name, allowed, budget)
 
 
 def _check_name(name: str, field: str) -> None:
@@ -206,13 +199,13 @@ def _check_group(group: Any, field: str, name: str, allowed: Collection[str], bu
     for key in body:
         if key not in _INVENTORY_GROUP_KEYS:
             raise InvalidRequest(
-                f"{field}.{_name(key)}: unknown key: a group has {', '.join(_INVENTORY_GROUP_KEYS)}"
+                f"{field}.{as_field(key)}: unknown key: a group has {', '.join(_INVENTORY_GROUP_KEYS)}"
             )
     for host, host_vars in _mapping(body.get("hosts"), f"{field}.hosts").items():
-        host_field = f"{field}.hosts.{_name(host)}"
+        host_field = f"{field}.hosts.{as_field(host)}"
         _check_name(host, host_field)
         budget.take(host, host_field)
         check_variables(_mapping(host_vars, host_field), host_field, allowed)
     check_variables(_mapping(body.get("vars"), f"{field}.vars"), f"{field}.vars", allowed)
     for child, child_group in _mapping(body.get("children"), f"{field}.children").items():
-        _check_group(child_group, f"{field}.children.{_name(child)}", child, allowed, budget)
+        _check_group(child_group, f"{field}.children.{as_field(child)}", child, allowed, budget)
