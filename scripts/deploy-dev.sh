@@ -83,7 +83,10 @@ run "$KUBECTL" apply -f "$OUT/migrate.yaml"
 say "+ $KUBECTL -n $NAMESPACE wait --for=condition=complete --timeout=$MIGRATE_TIMEOUT job/ansible-runner-migrate"
 if [[ -z $DRY_RUN ]] && ! "$KUBECTL" -n "$NAMESPACE" wait --for=condition=complete \
     --timeout="$MIGRATE_TIMEOUT" job/ansible-runner-migrate; then
-  "$KUBECTL" -n "$NAMESPACE" logs job/ansible-runner-migrate --tail=50 >&2 || true
+  # Every container's log: the one that waits for the database too, which is where a database that never
+  # came up is named.
+  "$KUBECTL" -n "$NAMESPACE" logs job/ansible-runner-migrate --all-containers=true --prefix=true --tail=50 >&2 \
+    || true
   fail "the migration Job did not complete (its log is above); nothing else was changed"
 fi
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.manifests import ROOT, tool
+from tests.support.manifests import ROOT, kustomize, pod_containers, tool
 
 IMAGE = "registry.test:5000/ansible-runner-service:abc123"
 
@@ -76,12 +76,18 @@ def _commands(calls: list[dict[str, Any]]) -> list[list[str]]:
     return [[call["tool"], *call["args"]] for call in calls if call["args"][:1] != ["kustomize"]]
 
 
-def _images(manifest: str) -> set[str]:
+def _images(manifest: str | list[dict[str, Any]]) -> set[str]:
+    docs = yaml.safe_load_all(manifest) if isinstance(manifest, str) else manifest
     images = set()
-    for doc in yaml.safe_load_all(manifest):
-        if doc and doc["kind"] in {"Deployment", "Job"}:
-            images |= {c["image"] for c in doc["spec"]["template"]["spec"]["containers"]}
+    for doc in docs:
+        if doc and doc["kind"] in {"Deployment", "StatefulSet", "Job"}:
+            images |= {c["image"] for c in pod_containers(doc)}
     return images
+
+
+def _backing_images() -> set[str]:
+    """The dev MariaDB's and Redis's images, as k8s/overlays/dev pins them: a deploy leaves them alone."""
+    return {image for image in _images(kustomize("overlays/dev")) if "/ansible-runner-service:" not in image}
 
 
 def test_deploy_runs_every_step_in_order(tmp_path: Path) -> None:
@@ -102,10 +108,14 @@ def test_deploy_runs_every_step_in_order(tmp_path: Path) -> None:
     migrate, app = (
         call["manifest"] for call in calls if call["args"][-1].endswith(("migrate.yaml", "app.yaml"))
     )
-    assert _images(migrate) == {IMAGE}
-    assert _images(app) == {IMAGE}
+    backing = _backing_images()
+    assert backing
+    assert _images(migrate) == _images(app) == {IMAGE, *backing}
     assert "kind: Job" in migrate and "kind: Job" not in app
     assert "kind: ScaledObject" in app
+    # The Job waits for MariaDB: on an empty cluster, only the migration's own apply can bring it.
+    kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in yaml.safe_load_all(migrate) if doc}
+    assert {("StatefulSet", "mariadb"), ("Service", "mariadb"), ("Deployment", "redis")} <= kinds
 
 
 @pytest.mark.parametrize(
@@ -123,6 +133,9 @@ def test_a_failed_step_stops_the_deploy(tmp_path: Path, fail_on: str, step: str,
     assert f"deploy-dev: FAILED at step '{step}" in result.stderr
     commands = _commands(calls)
     assert commands[-1][: len(last)] == last
+    if step == "migrate the database":
+        # The wait for the database is an init container: its log is the one that says why.
+        assert "--all-containers=true" in commands[-1]
     if step != "roll out":
         assert ["kubectl", "apply", "-f", "build/deploy-dev/app.yaml"] not in commands
 
@@ -138,4 +151,4 @@ def test_dry_run_prints_commands_and_manifests_and_runs_nothing(tmp_path: Path) 
     manifests = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
     kinds = {doc["kind"] for doc in manifests}
     assert {"Job", "Deployment", "ScaledObject", "TriggerAuthentication", "Service", "ConfigMap"} <= kinds
-    assert _images(result.stdout) == {IMAGE}
+    assert _images(result.stdout) == {IMAGE, *_backing_images()}

@@ -21,14 +21,33 @@ import httpx
 import pytest
 
 from service.embedded import free_port
-from tests.conftest import Backends, fresh_database, submit, wait_for
-from tests.manifests import ROOT, Obj, Rendering, only_container, pod_spec, render
+from tests.support import Backends, fresh_database, submit, wait_for
+from tests.support.manifests import ROOT, Obj, Rendering, only_container, pod_containers, pod_spec, render
 
 pytestmark = pytest.mark.image
 
 IMAGE = "localhost/ansible-runner-service:test"
 # The dev overlay's run token (API_TOKENS holds only its sha256; checked below).
 DEV_RUN_TOKEN = "dev-only-run-token-not-a-secret"
+
+
+def _secret_files(rendering: Rendering, secret: Obj) -> dict[str, tuple[str, int]]:
+    """The files the kubelet writes for a secret volume, by path: content and mode. Every key, or only the
+    listed items; an optional Secret that does not exist gives an empty directory, and an optional one skips
+    a listed key it lacks (a Secret that is not optional must have them, or the pod does not start)."""
+    optional = secret.get("optional", False)
+    if secret["secretName"] not in {s["metadata"]["name"] for s in rendering.all("Secret")}:
+        assert optional, f"the pod needs Secret {secret['secretName']}, which the rendering lacks"
+        return {}
+    data = rendering.data("Secret", secret["secretName"])
+    items = secret.get("items") or [{"key": key, "path": key} for key in data]
+    files = {}
+    for item in items:
+        if item["key"] not in data:
+            assert optional, f"Secret {secret['secretName']} lacks {item['key']}"
+            continue
+        files[item["path"]] = (data[item["key"]], item.get("mode", secret.get("defaultMode", 0o644)))
+    return files
 
 
 def _podman_run_flags(rendering: Rendering, pod: Obj, container: Obj) -> list[str]:
@@ -42,17 +61,19 @@ def _podman_run_flags(rendering: Rendering, pod: Obj, container: Obj) -> list[st
         flags += ["--security-opt=no-new-privileges"]
     flags += [f"--cap-drop={cap}" for cap in context["capabilities"]["drop"]]
     volumes = {volume["name"]: volume for volume in pod_spec(pod)["volumes"]}
-    for mount in container["volumeMounts"]:
+    for mount in container.get("volumeMounts", []):
         volume = volumes[mount["name"]]
         if "emptyDir" in volume:
             # An emptyDir starts empty and writable: no copy of what the image holds at that path.
             flags += [f"--tmpfs={mount['mountPath']}:rw,exec,mode=1777,notmpcopyup"]
             continue
-        # A Secret: its keys as read-only files, as the kubelet projects them.
+        # A Secret: its files as the kubelet projects them, read-only. They cannot get the pod's fsGroup
+        # here, so everyone may read them; an execute bit the manifest gives stays.
         files = Path(tempfile.mkdtemp(prefix="secret-"))
-        for key, value in rendering.data("Secret", volume["secret"]["secretName"]).items():
-            (files / key).write_text(value)
-            (files / key).chmod(0o444)
+        for path, (value, mode) in _secret_files(rendering, volume["secret"]).items():
+            (files / path).parent.mkdir(parents=True, exist_ok=True)
+            (files / path).write_text(value)
+            (files / path).chmod(0o444 | (mode & 0o111))
         files.chmod(0o755)
         flags += [f"--volume={files}:{mount['mountPath']}:ro"]
     # This sandbox: crun cannot run here (cgroups in hybrid mode), runc can; podman's default ulimits are
@@ -70,10 +91,19 @@ def _podman_run_flags(rendering: Rendering, pod: Obj, container: Obj) -> list[st
 
 
 def _run_args(
-    rendering: Rendering, kind: str, name: str, overrides: dict[str, str], command: list[str] | None = None
+    rendering: Rendering,
+    kind: str,
+    name: str,
+    overrides: dict[str, str],
+    command: list[str] | None = None,
+    container_name: str | None = None,
 ) -> list[str]:
+    """`podman run` arguments for the pod's only container, or for the one named (an init container)."""
     pod = rendering.get(kind, name)
-    container = only_container(pod)
+    if container_name is None:
+        container = only_container(pod)
+    else:
+        (container,) = [c for c in pod_containers(pod) if c["name"] == container_name]
     env = {**rendering.container_env(container), **overrides}
     args = [*_podman_run_flags(rendering, pod, container)]
     for key, value in env.items():
@@ -140,6 +170,13 @@ def test_image_runs_migration_api_and_worker_from_the_manifests(
             "REDIS_URL": backends.redis_url,
             "QUEUE_NAME": f"arq:queue:image-{uuid.uuid4().hex[:8]}",
         }
+        # The migration pod's init containers first, as the kubelet runs them: the wait for the database.
+        for init in pod_spec(rendering.get("Job", "ansible-runner-migrate")).get("initContainers", []):
+            run_args = _run_args(
+                rendering, "Job", "ansible-runner-migrate", overrides, container_name=init["name"]
+            )
+            waited = _podman("run", "--rm", *run_args, timeout=300)
+            assert waited.returncode == 0, f"{init['name']}:\n{waited.stdout}{waited.stderr}"
         migrate = _podman("run", "--rm", *_run_args(rendering, "Job", "ansible-runner-migrate", overrides))
         assert migrate.returncode == 0, migrate.stdout + migrate.stderr
         assert "Running upgrade" in migrate.stderr
