@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck unit migrate bench clean image test-image deploy-dev
+.PHONY: dev test lint typecheck unit fast migrate bench clean image test-image deploy-dev
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: lint unit
 
 unit: $(STAMP)
 	$(BIN)/pytest
+
+## The pure logic alone, in this process (no services, no subprocess): under a second.
+fast: $(STAMP)
+	$(BIN)/pytest tests/unit
 
 ## Build the image and run it against MariaDB and Redis (podman, runc, debootstrap; see k8s/README.md).
 test-image: $(STAMP)

@@ -37,7 +37,7 @@ from bench.harness import (
     wait_workers_ready,
     write_playbooks,
 )
-from tests.conftest import Stack
+from harness.processes import Stack
 
 JOB = {"playbook": "trivial.yml", "inventory": "inventory/hosts1.yml"}
 WARM_RUNS = 20

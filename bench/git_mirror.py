@@ -25,10 +25,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from harness.gitserver import GitServer, RepoBuilder, git_server, playbook
 from service.config import Settings
 from service.sources.git import MirrorCache
 from service.sources.providers import RepoLocation, locate_repo
-from tests.gitserver import GitServer, RepoBuilder, git_server, playbook
 
 # (label, files, commits, a 800 kB incompressible file every tenth commit)
 REPOS = [

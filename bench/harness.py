@@ -26,22 +26,13 @@ import sqlalchemy as sa
 import yaml
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.cli import migrate
+from harness.databases import LOCAL_MARIADB, LOCAL_REDIS, fresh_database
+from harness.processes import FINISHED, Stack, ansible_playbook, service_env, start_process, wait_http
 from service.config import Settings
+from service.db import migrate
 from service.embedded import free_port
-from service.live import END_EVENT, stream_key
+from service.live.publish import END_EVENT, stream_key
 from service.models import Job, JobStatus, utcnow
-from tests.conftest import (
-    FINISHED,
-    LOCAL_MARIADB,
-    LOCAL_REDIS,
-    Stack,
-    ansible_playbook,
-    fresh_database,
-    service_env,
-    start_process,
-    wait_http,
-)
 
 CORES = os.cpu_count() or 1
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -27,17 +27,17 @@ from bench.harness import (
     shared_server,
     write_playbooks,
 )
-from service.cli import migrate
+from harness.databases import fresh_database, sync_url
 from service.config import Settings
-from service.db import create_engine, session_factory
+from service.db import create_engine, migrate, session_factory
+from service.jobs.lifecycle import Lifecycle
 from service.jobs.repository import JobRepository
-from service.live import stream_key
-from service.queue import create_redis
+from service.live.publish import stream_key
+from service.queue import JobQueue, create_redis
 from service.redaction import Redactor
 from service.runner.events import EventChannel
 from service.runner.pipeline import EventRecorder, WorkerDeps
 from service.sources.git import MirrorCache
-from tests.conftest import fresh_database, sync_url
 
 
 def _replay(recorded: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
@@ -48,9 +48,11 @@ def _replay(recorded: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
 async def _feed(settings: Settings, events: list[dict[str, Any]]) -> dict[str, float]:
     engine = create_engine(settings, pool_size=4)
     redis = create_redis(settings)
+    sessions = session_factory(engine)
     deps = WorkerDeps(
         settings=settings,
-        sessions=session_factory(engine),
+        sessions=sessions,
+        lifecycle=Lifecycle(sessions, redis, JobQueue(redis, settings), settings),
         redis=redis,
         worker_id="bench",
         limiter=anyio.CapacityLimiter(1),

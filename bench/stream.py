@@ -32,23 +32,15 @@ from typing import Any
 import httpx
 
 from bench.harness import running_job
-from service.cli import migrate
+from harness.databases import LOCAL_MARIADB, LOCAL_REDIS, fresh_database, mariadb_answers, redis_answers
+from harness.processes import service_env, start_process, wait_http
 from service.config import Settings
-from service.db import create_engine, session_factory
+from service.db import create_engine, migrate, session_factory
 from service.embedded import EmbeddedRedis, free_port
 from service.jobs.repository import EventRepository, JobRepository
-from service.live import create_live_redis, publish_end, publish_events
+from service.live.hub import create_live_redis
+from service.live.publish import publish_end, publish_events
 from service.models import JobStatus, utcnow
-from tests.conftest import (
-    LOCAL_MARIADB,
-    LOCAL_REDIS,
-    _mariadb_answers,
-    _redis_answers,
-    fresh_database,
-    service_env,
-    start_process,
-    wait_http,
-)
 
 _STDOUT = 'ok: [web-{n:03d}] => {{\r\n    "msg": "a line of output, as a debug task prints it"\r\n}}'
 
@@ -156,9 +148,9 @@ def _percentile(values: list[float], fraction: float) -> float:
 @contextmanager
 def _backends(tmp: Path) -> Iterator[tuple[str, str, str]]:
     """(database URL, Redis URL, description); a fresh database, dropped at the end."""
-    server = LOCAL_MARIADB if _mariadb_answers(LOCAL_MARIADB) else f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
+    server = LOCAL_MARIADB if mariadb_answers(LOCAL_MARIADB) else f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
     with ExitStack() as stack:
-        redis_url = LOCAL_REDIS if _redis_answers(LOCAL_REDIS) else None
+        redis_url = LOCAL_REDIS if redis_answers(LOCAL_REDIS) else None
         redis_url = stack.enter_context(nullcontext(redis_url) if redis_url else EmbeddedRedis(tmp / "redis"))
         database_url, drop = fresh_database(server, tmp)
         stack.callback(drop)

@@ -55,8 +55,8 @@ class Settings(BaseSettings):
     # Queue and worker.
     queue_name: str = "arq:queue"
     worker_max_jobs: int = Field(default=8, ge=1, le=256)
-    # A submit wakes idle workers at once (service.worker.Worker); this is how often they look at the queue
-    # without being woken (a wake-up lost while Redis was away). arq's own loop polled 20 times a second.
+    # A submit wakes idle workers at once (service.arq_compat.WokenWorker); this is how often they look at
+    # the queue without being woken (a wake-up lost while Redis was away).
     worker_poll_delay: float = Field(default=0.5, gt=0, le=60)
     job_completion_wait: int = Field(default=60, ge=0)
     # The worker pod's terminationGracePeriodSeconds, when the manifests pass it: JOB_COMPLETION_WAIT is then

@@ -11,6 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from service.config import Settings
 
+# The source checkout: alembic.ini and migrations/ (the image runs `alembic upgrade head` from /app).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 
 def create_engine(settings: Settings, *, pool_size: int | None = None, pre_ping: bool = True) -> AsyncEngine:
     url = make_url(settings.database_url)
@@ -43,3 +46,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def migrate(settings: Settings) -> None:
+    """`alembic upgrade head` with these settings."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(REPO_ROOT / "alembic.ini"))
+    config.attributes["settings"] = settings
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, "head")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class ServiceError(Exception):
     """A failure with a meaning for the caller. ``status_code`` is the HTTP status it maps to."""
@@ -59,8 +61,17 @@ class SourceError(ServiceError):
     status_code = 502
 
 
+class Canceled(Exception):  # a fact, not a fault
+    """A run was canceled while the worker prepared it (fetching its source)."""
+
+
 class ClientError(ServiceError):
     """The `ars` client got no usable answer from the API (unreachable, or it answered with an error)."""
+
+
+# C0 and C1 controls, line and paragraph separators, and bidirectional overrides (text that displays
+# differently from what it is): never accepted in a name, a path, a label or a pattern from a request.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def as_field(name: str) -> str:

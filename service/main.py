@@ -14,8 +14,9 @@ from service.api.limits import BodyLimitMiddleware
 from service.api.stream import StreamAllowance
 from service.config import Settings, get_settings
 from service.db import create_engine, session_factory
+from service.jobs.lifecycle import Lifecycle
 from service.jobs.views import JobViews
-from service.live import LiveHub, create_live_redis
+from service.live.hub import LiveHub, create_live_redis
 from service.logging import configure_logging
 from service.metrics import ApiMetrics, RequestMiddleware
 from service.queue import JobQueue, create_redis
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessions = session_factory(engine)
         app.state.redis = redis
         app.state.queue = JobQueue(redis, settings)
+        app.state.lifecycle = Lifecycle(app.state.sessions, redis, app.state.queue, settings)
         app.state.views = JobViews(
             app.state.sessions, redis, settings.job_view_cache_size, api_metrics.job_view_reads
         )
@@ -76,4 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-app = create_app()
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn service.main:app`: the app is built when the server asks for it, not at import.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

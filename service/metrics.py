@@ -16,6 +16,8 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.jobs.lifecycle import Change, Transition
+from service.models import utcnow
 from service.queue import QueueDepth
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -177,3 +179,11 @@ class WorkerMetrics:
             buckets=_RUN_BUCKETS,
             registry=self.registry,
         )
+
+    async def observe_transition(self, transition: Transition) -> None:
+        """After each committed change of a job (service/jobs/lifecycle.py): a run's duration once it ends."""
+        job = transition.job
+        if transition.change is Change.finished and job is not None and job.started_at is not None:
+            duration = (utcnow() - job.started_at).total_seconds()
+            status = str(transition.status)
+            self.run_duration.labels(playbook=job.playbook, status=status).observe(duration)

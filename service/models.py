@@ -75,6 +75,12 @@ class Job(SQLModel, table=True):
     # Moved forward by the worker while the run goes on; a running job whose heartbeat stops is reaped.
     heartbeat_at: datetime | None = Field(default=None, sa_column=sa.Column(Timestamp, nullable=True))
     cancel_requested: bool = Field(default=False, sa_column=sa.Column(sa.Boolean, nullable=False))
+    # When the worker started ansible-playbook: a run whose worker is lost before this is queued again
+    # (once, `requeues`); after it, never (service/jobs/lifecycle.py).
+    launched_at: datetime | None = Field(default=None, sa_column=sa.Column(Timestamp, nullable=True))
+    requeues: int = Field(
+        default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default=sa.text("0"))
+    )
 
 
 class JobEvent(SQLModel, table=True):

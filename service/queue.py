@@ -8,8 +8,6 @@ from typing import Any
 
 import structlog
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
-from arq.jobs import serialize_job
 from arq.utils import timestamp_ms, to_unix_ms
 from pydantic import BaseModel, Field
 from redis.asyncio import ConnectionPool
@@ -19,6 +17,13 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.arq_compat import (
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+    serialize_job,
+)
 from service.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -93,7 +98,7 @@ class QueueDepth(BaseModel):
 
 
 def wake_channel(queue_name: str) -> str:
-    """Where a submit tells idle workers to look at the queue now (see service.worker.Worker)."""
+    """Where a submit tells idle workers to look at the queue now (see service.arq_compat.WokenWorker)."""
     return f"{queue_name}:wake"
 
 

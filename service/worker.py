@@ -1,4 +1,4 @@
-"""The worker: `ars worker`, arq's worker woken by submits instead of polling.
+"""The worker: `ars worker`, arq's worker woken by submits instead of polling (service.arq_compat).
 
 Runs are never retried by arq (`max_tries=1`): an Ansible run must not be repeated behind anyone's back.
 """
@@ -6,7 +6,6 @@ Runs are never retried by arq (`max_tries=1`): an Ansible run must not be repeat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -17,24 +16,24 @@ from typing import Any
 
 import anyio
 import structlog
-from arq import worker as arq_worker
 from arq.connections import ArqRedis
 from arq.cron import cron
 from arq.worker import func, get_kwargs
 from prometheus_client import start_http_server
-from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError, OperationalError
 
-from service import live
-from service.config import get_settings
+from service.arq_compat import WokenWorker
+from service.config import Settings, get_settings
 from service.db import create_engine, session_factory
-from service.environment import check_started_clean, keep_private, scrub_environment
+from service.faults import REDIS_UNAVAILABLE, transient_db
 from service.jobs import service as jobs
+from service.jobs.lifecycle import Lifecycle
 from service.jobs.repository import JobRepository
 from service.logging import JobIdFilter, configure_logging
+from service.metrics import WorkerMetrics
 from service.models import utcnow
 from service.queue import RUN_JOB, JobQueue, cancel_channel, create_arq_redis, create_redis, wake_channel
 from service.redaction import Redactor
+from service.runner.environment import check_started_clean, keep_private, scrub_environment
 from service.runner.pipeline import WorkerDeps, execute_run
 from service.runner.spawn import use_vfork_spawn
 from service.sources.git import MirrorCache
@@ -44,14 +43,16 @@ log = structlog.get_logger(__name__)
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings = get_settings()
-    # Runs inherit the worker's environment and can read the one it was started with (service.environment).
+    # Runs inherit the worker's environment and can read the one it was started with (runner/environment.py).
     check_started_clean(settings)
     if not keep_private():
         log.warning("the worker's memory is readable by its runs: prctl(PR_SET_DUMPABLE) is not available")
     removed = scrub_environment(settings)
     redactor = Redactor([*settings.secret_values(), *removed])
     configure_logging(settings, redactor)
-    use_vfork_spawn()
+    # What the worker writes (a run's variables, ansible-runner's record of its events) is its own, 0600;
+    # ansible-playbook keeps the umask the worker was given, for what a playbook writes on this machine.
+    use_vfork_spawn(child_umask=os.umask(0o077))
     # arq's CLI gives its logger a handler of its own; ours formats everything once.
     logging.getLogger("arq").handlers.clear()
     logging.getLogger("arq").propagate = True
@@ -60,10 +61,18 @@ async def startup(ctx: dict[str, Any]) -> None:
     # server dropped fails before it is carried out, so the retry is safe (SQLAlchemy then renews the pool).
     engine = create_engine(settings, pool_size=settings.worker_max_jobs + 2, pre_ping=False)
     arq_redis: ArqRedis = ctx["redis"]
+    sessions = session_factory(engine)
+    redis = create_redis(settings)
+    queue = JobQueue(arq_redis, settings)
+    metrics = WorkerMetrics()
+    lifecycle = Lifecycle(sessions, redis, queue, settings)
+    lifecycle.after_commit(metrics.observe_transition)
     deps = WorkerDeps(
         settings=settings,
-        sessions=session_factory(engine),
-        redis=create_redis(settings),
+        sessions=sessions,
+        lifecycle=lifecycle,
+        redis=redis,
+        metrics=metrics,
         worker_id=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
         limiter=anyio.CapacityLimiter(settings.worker_max_jobs),
         redactor=redactor,
@@ -71,7 +80,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     ctx["engine"] = engine
     ctx["deps"] = deps
-    ctx["queue"] = JobQueue(arq_redis, settings)
+    ctx["queue"] = queue
     ctx["heartbeat"] = asyncio.create_task(heartbeat(deps))
     # Set by Worker when it is the one running (`ars worker`); arq's own CLI just polls.
     wake: asyncio.Event = ctx.setdefault("wake", asyncio.Event())
@@ -120,7 +129,7 @@ async def listen(deps: WorkerDeps, wake: asyncio.Event) -> None:
                         wake.set()
                     elif (cancel := deps.cancels.get(message["data"].decode())) is not None:
                         cancel.set()
-        except (RedisError, OSError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             log.warning("not listening for submits and cancels, polling meanwhile", error=str(exc))
             await asyncio.sleep(1)
 
@@ -136,9 +145,13 @@ async def heartbeat(deps: WorkerDeps) -> None:
             async with deps.sessions() as session:
                 await JobRepository(session).heartbeat(sorted(deps.active))
                 await session.commit()
-        except (OperationalError, DBAPIError, OSError) as exc:
+        except Exception as exc:
             deps.health.db_reachable_since = None
-            log.warning("heartbeat not written", error=str(exc).splitlines()[0])
+            if not transient_db(exc):
+                # Not a pause of the database but a bug or a broken schema: said loudly, and beating goes on.
+                log.exception("heartbeat not written")
+            else:
+                log.warning("heartbeat not written", error=str(exc).splitlines()[0])
         else:
             if deps.health.db_reachable_since is None:
                 deps.health.db_reachable_since = time.monotonic()
@@ -151,9 +164,9 @@ async def run_job(ctx: dict[str, Any], job_id: str) -> None:
 
 
 async def reap(ctx: dict[str, Any]) -> int:
-    """End running jobs whose worker stopped beating (killed, OOM, node lost). They are never re-run."""
+    """Deal with running jobs whose worker stopped beating (killed, OOM, node lost): queued again if it was
+    lost before it launched ansible-playbook (once), else ended `error`, never run again."""
     deps: WorkerDeps = ctx["deps"]
-    queue: JobQueue = ctx["queue"]
     lost_after = deps.settings.worker_lost_after
     since = deps.health.db_reachable_since
     if since is None or time.monotonic() - since < lost_after:
@@ -161,26 +174,19 @@ async def reap(ctx: dict[str, Any]) -> int:
         # write theirs before reading silence as death.
         return 0
     before = utcnow() - timedelta(seconds=lost_after)
-    reaped = 0
     async with deps.sessions() as session:
-        repository = JobRepository(session)
-        for job in await repository.stale_running(heartbeat_before=before, limit=500):
-            if job.id in deps.active:
-                continue  # ours, and alive: this process is the one asking
-            reason = f"worker lost: {job.worker_id} gave no sign of life for {lost_after} s"
-            if not await repository.mark_lost(job.id, heartbeat_before=before, reason=reason):
-                continue
-            await session.commit()
+        stale = await JobRepository(session).stale_running(heartbeat_before=before, limit=500)
+    reaped = 0
+    for job in stale:
+        if job.id in deps.active:
+            continue  # ours, and alive: this process is the one asking
+        async with deps.lifecycle.transaction() as transaction:
+            change = await transaction.reap(job, heartbeat_before=before, lost_after=lost_after)
+        if change is not None:
             reaped += 1
-            log.warning("reaped a run whose worker was lost", job_id=job.id, worker=job.worker_id)
-            try:
-                # arq would keep the dead run's entry (and count it as in flight) until its lock expired.
-                await queue.forget(job.id)
-                await live.publish_end(
-                    deps.redis, job.id, job.event_count, ttl=deps.settings.stream_ttl_after_end
-                )
-            except (RedisError, OSError) as exc:
-                log.warning("arq entry of a reaped run left to expire", job_id=job.id, error=str(exc))
+            log.warning(
+                "reaped a run whose worker was lost", job_id=job.id, worker=job.worker_id, change=change
+            )
     return reaped
 
 
@@ -190,12 +196,8 @@ async def retention(ctx: dict[str, Any]) -> int:
     days = deps.settings.retention_days
     if not days:
         return 0
-
-    async def deleted(job_ids: list[str]) -> None:
-        await live.changed(deps.redis, *job_ids)
-
     jobs_deleted, events_deleted = await jobs.purge_expired(
-        deps.sessions, finished_before=utcnow() - timedelta(days=days), on_deleted=deleted
+        deps.lifecycle, finished_before=utcnow() - timedelta(days=days)
     )
     log.info("retention done", jobs=jobs_deleted, events=events_deleted, days=days)
     return jobs_deleted
@@ -208,64 +210,42 @@ async def sweep(ctx: dict[str, Any]) -> int:
         return await jobs.requeue_stranded(session, ctx["queue"], older_than_s=deps.settings.sweep_interval)
 
 
-_settings = get_settings()
-_every = set(range(0, 60, _settings.sweep_interval))
+def worker_settings(settings: Settings) -> type:
+    """arq's settings class for a worker with this configuration (arq's CLI takes it as WorkerSettings)."""
+    every = set(range(0, 60, settings.sweep_interval))
+    return type(
+        "WorkerSettings",
+        (),
+        {
+            "functions": [func(run_job, name=RUN_JOB, max_tries=1, timeout=settings.max_run_timeout + 600)],
+            "cron_jobs": [
+                cron(sweep, second=every, run_at_startup=True, unique=True, timeout=60),
+                cron(reap, second=every, run_at_startup=True, unique=True, timeout=60),
+                cron(retention, hour={3}, minute={17}, second={0}, unique=True, timeout=6 * 3600),
+            ],
+            "on_startup": startup,
+            "on_shutdown": shutdown,
+            # A pool of our own, not `redis_settings`: it survives Redis outages (PatientConnectionPool).
+            "redis_pool": create_arq_redis(settings),
+            "queue_name": settings.queue_name,
+            "max_jobs": settings.worker_max_jobs,
+            "poll_delay": settings.worker_poll_delay,
+            "job_completion_wait": settings.job_completion_wait,
+            "keep_result": 0,
+            "max_tries": 1,
+            "retry_jobs": False,
+            "health_check_interval": 10,
+        },
+    )
 
 
-class WorkerSettings:
-    """arq's settings, read at import time, so from the environment then (arq's CLI takes them too)."""
-
-    functions = [
-        func(run_job, name=RUN_JOB, max_tries=1, timeout=_settings.max_run_timeout + 600),
-    ]
-    cron_jobs = [
-        cron(sweep, second=_every, run_at_startup=True, unique=True, timeout=60),
-        cron(reap, second=_every, run_at_startup=True, unique=True, timeout=60),
-        cron(retention, hour={3}, minute={17}, second={0}, unique=True, timeout=6 * 3600),
-    ]
-    on_startup = startup
-    on_shutdown = shutdown
-    # A pool of our own rather than `redis_settings`: it survives Redis outages (see PatientConnectionPool).
-    redis_pool = create_arq_redis(_settings)
-    queue_name = _settings.queue_name
-    max_jobs = _settings.worker_max_jobs
-    poll_delay = _settings.worker_poll_delay
-    job_completion_wait = _settings.job_completion_wait
-    keep_result = 0
-    max_tries = 1
-    retry_jobs = False
-    health_check_interval = 10
-
-
-class Worker(arq_worker.Worker):
-    """arq's worker, woken when there is work rather than polling Redis 20 times a second.
-
-    arq looks at the queue every `poll_delay`: a short one is start latency bought with CPU on every idle
-    worker (20 ms/s at 50 ms), a long one is latency. Here the worker looks when a submit publishes on the
-    queue's wake channel, when one of its own runs ends (a slot is free), and otherwise every
-    WORKER_POLL_DELAY. It overrides two private methods of arq 0.28 (pinned in pyproject.toml);
-    tests/test_worker_signals.py fails if either stops being called.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.idle_poll_s = float(kwargs.pop("poll_delay"))
-        super().__init__(poll_delay=0, **kwargs)
-        self.wake = asyncio.Event()
-        self.ctx["wake"] = self.wake
-
-    async def _poll_iteration(self) -> None:
-        await super()._poll_iteration()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.idle_poll_s):
-                await self.wake.wait()
-        self.wake.clear()
-
-    def _release_sem_dec_counter_on_complete(self) -> None:
-        # arq's done-callback of every run: the freed slot takes the next run now, not at the next poll.
-        super()._release_sem_dec_counter_on_complete()
-        self.wake.set()
+def __getattr__(name: str) -> Any:
+    # `arq service.worker.WorkerSettings`: the settings are read when arq asks for them, not at import.
+    if name == "WorkerSettings":
+        return worker_settings(get_settings())
+    raise AttributeError(name)
 
 
 def run_worker() -> None:
     """`ars worker`."""
-    Worker(**get_kwargs(dict(vars(WorkerSettings)))).run()
+    WokenWorker(**get_kwargs(dict(vars(worker_settings(get_settings()))))).run()

@@ -2,38 +2,41 @@
 
 Backends: TEST_DATABASE_URL / TEST_REDIS_URL when set; else the local MariaDB / Redis when they answer;
 else SQLite and an embedded Redis. TEST_REQUIRE_SERVICES=true (set by .ci/run) forbids the fallback.
+Helpers live in tests/support (and harness/): test modules import them from there.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import redis
-import sqlalchemy as sa
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from service.cli import migrate
+from harness.databases import (
+    LOCAL_MARIADB,
+    LOCAL_REDIS,
+    Backends,
+    chain,
+    database_user,
+    fresh_database,
+    mariadb_answers,
+    redis_answers,
+)
+from harness.processes import (
+    Stack,
+    StackFactory,
+    api_command,
+    service_env,
+    ssh_programs,
+    start_process,
+    wait_http,
+)
 from service.config import Settings
+from service.db import migrate
 from service.embedded import EmbeddedRedis, free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-TEST_PLAYBOOKS = ROOT / "tests" / "playbooks"
-FINISHED = {"successful", "failed", "canceled", "timeout", "error"}
-LOCAL_MARIADB = "mysql+aiomysql://root@127.0.0.1:3306/test"
-LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 
 
 class TestEnvironment(BaseSettings):
@@ -44,57 +47,18 @@ class TestEnvironment(BaseSettings):
     require_services: bool = False
 
 
-def sync_url(async_url: str) -> str:
-    """The same database through a blocking driver, for the tests' own checks."""
-    url = make_url(async_url)
-    driver = {"mysql+aiomysql": "mysql+pymysql", "sqlite+aiosqlite": "sqlite"}[url.drivername]
-    return url.set(drivername=driver).render_as_string(hide_password=False)
-
-
-def _mariadb_answers(async_url: str) -> bool:
-    try:
-        engine = sa.create_engine(sync_url(async_url))
-        with engine.connect() as connection:
-            connection.execute(sa.text("SELECT 1"))
-        engine.dispose()
-    except sa.exc.SQLAlchemyError:
-        return False
-    return True
-
-
-def _redis_answers(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
-@dataclass
-class Backends:
-    database_server_url: str  # the server (MariaDB) or a SQLite file to use as is
-    redis_url: str
-    description: str
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_server_url.startswith("sqlite")
-
-
 @pytest.fixture(scope="session")
 def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
     env = TestEnvironment()
     database = env.database_url
-    if database is None and _mariadb_answers(LOCAL_MARIADB):
+    if database is None and mariadb_answers(LOCAL_MARIADB):
         database = LOCAL_MARIADB
     if database is None:
         if env.require_services:
             pytest.fail("TEST_REQUIRE_SERVICES is set but no MariaDB answers")
         database = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'ars.db'}"
     redis_url = env.redis_url
-    if redis_url is None and _redis_answers(LOCAL_REDIS):
+    if redis_url is None and redis_answers(LOCAL_REDIS):
         redis_url = LOCAL_REDIS
     given = contextlib.nullcontext(redis_url) if redis_url else None
     with given or EmbeddedRedis(tmp_path_factory.mktemp("redis")) as url:
@@ -103,166 +67,34 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
         yield Backends(database, url, f"database {make_url(database).drivername}, redis {url}")
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> list[str]:
     env = TestEnvironment()
-    return (
+    ssh = ssh_programs()
+    return [
         f"ars backends: TEST_DATABASE_URL={env.database_url or '(local MariaDB if it answers, else SQLite)'}"
         f", TEST_REDIS_URL={env.redis_url or '(local Redis if it answers, else embedded)'}"
-        f", require_services={env.require_services}"
-    )
+        f", require_services={env.require_services}",
+        "ars ssh targets: "
+        + (
+            f"OpenSSH ({ssh[0]})"
+            if ssh
+            else "openssh-server is not installed: the SSH tests of tests/test_security.py are skipped"
+            " (a failure with TEST_REQUIRE_SERVICES=true, as in CI)"
+        ),
+    ]
 
 
-def fresh_database(server_url: str, tmp: Path) -> tuple[str, Callable[[], None]]:
-    """A new empty database on the server (or a new SQLite file) and a function that drops it."""
-    url = make_url(server_url)
-    if url.get_backend_name() == "sqlite":
-        path = tmp / f"ars-{uuid.uuid4().hex[:8]}.db"
-        return f"sqlite+aiosqlite:///{path}", lambda: None
-    name = f"ars_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(sync_url(server_url))
-    with admin.begin() as connection:
-        connection.execute(sa.text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
-
-    def drop() -> None:
-        with admin.begin() as connection:
-            connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
-        admin.dispose()
-
-    return url.set(database=name).render_as_string(hide_password=False), drop
-
-
-def chain(*steps: Callable[[], None]) -> Callable[[], None]:
-    def run() -> None:
-        for step in steps:
-            step()
-
-    return run
-
-
-def database_user(database_url: str, password: str) -> tuple[str, Callable[[], None]]:
-    """A MariaDB user with this password, allowed on this database only: the URL to log in as it, and a
-    function that drops the user."""
-    url = make_url(database_url)
-    if url.get_backend_name() == "sqlite":
-        raise ValueError("a database password needs MariaDB")
-    user = f"ars_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(sync_url(database_url))
-    with admin.begin() as connection:
-        connection.execute(
-            sa.text(f"CREATE USER '{user}'@'%' IDENTIFIED BY :password"), {"password": password}
-        )
-        connection.execute(sa.text(f"GRANT ALL ON `{url.database}`.* TO '{user}'@'%'"))
-
-    def drop() -> None:
-        with admin.begin() as connection:
-            connection.execute(sa.text(f"DROP USER IF EXISTS '{user}'@'%'"))
-        admin.dispose()
-
-    return url.set(username=user, password=password).render_as_string(hide_password=False), drop
-
-
-@dataclass
-class Stack:
-    """An API and a worker, real processes, sharing one database and one queue."""
-
-    base_url: str
-    database_url: str
-    env: dict[str, str]
-    work_dir: Path
-    logs: Path
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=30, **kwargs)
-
-    def db(self) -> sa.Engine:
-        return sa.create_engine(sync_url(self.database_url))
-
-    def count_jobs(self) -> int:
-        engine = self.db()
-        with engine.connect() as connection:
-            count = int(connection.execute(sa.text("SELECT COUNT(*) FROM job")).scalar_one())
-        engine.dispose()
-        return count
-
-    def add_worker(self, name: str, **overrides: str) -> subprocess.Popen[bytes]:
-        """Another worker process on this stack's queue, with some settings changed."""
-        process = start_process(
-            WORKER_COMMAND,
-            {**self.env, **overrides},
-            self.logs / f"{name}.log",
-        )
-        self.processes.append(process)
-        return process
-
-    def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def api_command(port: int) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)]
-
-
-WORKER_COMMAND = [sys.executable, "-m", "service.cli", "worker"]
-
-
-def start_process(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-
-
-def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, deadline_s: float = 30) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer:\n{log.read_text()[-3000:]}")
-
-
-@contextlib.contextmanager
-def lone_api(env: dict[str, str], log: Path) -> Iterator[str]:
-    """An API process of its own (no worker) with this environment; yields its base URL."""
-    port = free_port()
-    process = start_process(api_command(port), env, log)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", process, log)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-def service_env(database_url: str, redis_url: str, work_dir: Path, **extra: str) -> dict[str, str]:
-    inherited = {name: value for name, value in os.environ.items() if name != "API_TOKENS"}
-    return {
-        **inherited,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "PLAYBOOKS_DIR": str(TEST_PLAYBOOKS),
-        "WORK_DIR": str(work_dir),
-        "AUTH_DISABLED": "true",
-        "LOG_FORMAT": "json",
-        "QUEUE_NAME": f"arq:queue:test-{uuid.uuid4().hex[:8]}",
-        "JOB_COMPLETION_WAIT": "5",
-        **extra,
-    }
-
-
-StackFactory = Callable[..., Stack]
+@pytest.fixture(scope="session")
+def ssh_server_programs() -> tuple[str, str]:
+    """sshd and ssh-keygen; the tests that need them are skipped without them, except in CI."""
+    found = ssh_programs()
+    if found is None:
+        if TestEnvironment().require_services:
+            pytest.fail(
+                "TEST_REQUIRE_SERVICES is set but openssh-server is not installed (.ci/run installs it)"
+            )
+        pytest.skip("openssh-server is not installed (see pytest's header)")
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -321,54 +153,3 @@ def stack(start_stack: StackFactory) -> Stack:
 def api(stack: Stack) -> Iterator[httpx.Client]:
     with stack.client() as client:
         yield client
-
-
-def submit(client: httpx.Client, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-    response = client.post("/api/v1/jobs", json=body, **kwargs)
-    assert response.status_code == 202, response.text
-    job: dict[str, Any] = response.json()
-    return job
-
-
-def wait_for(
-    client: httpx.Client,
-    job_id: str,
-    statuses: set[str] = FINISHED,
-    deadline_s: float = 90,
-) -> dict[str, Any]:
-    """Poll the job until its status is one of `statuses` (a condition, not a fixed sleep)."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        job: dict[str, Any] = client.get(f"/api/v1/jobs/{job_id}").json()
-        if job["status"] in statuses:
-            return job
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} still {job['status']} after {deadline_s} s")
-        time.sleep(0.05)
-
-
-def wait_until(condition: Callable[[], bool], what: str, deadline_s: float = 60) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def all_events(client: httpx.Client, job_id: str, page: int = 100) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    while True:
-        response = client.get(
-            f"/api/v1/jobs/{job_id}/events",
-            params={"after": len(events) and events[-1]["seq"], "limit": page},
-        )
-        assert response.status_code == 200, response.text
-        items = response.json()["items"]
-        if not items:
-            return events
-        events.extend(items)
-
-
-def ansible_playbook() -> str:
-    found = Path(sys.executable).parent / "ansible-playbook"
-    return str(found) if found.exists() else shutil.which("ansible-playbook") or "ansible-playbook"

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Stack
+from tests.support import Stack
 
 VALID: dict[str, Any] = {"playbook": "debug.yml", "inventory": "inventory/local3.yml"}
 

@@ -33,10 +33,10 @@ from redis import asyncio as aioredis
 from service.api.auth import new_token
 from service.config import Settings
 from service.jobs.variables import MAGIC_VARIABLES, refused_name
-from service.live import publish_events
+from service.live.publish import publish_events
 from service.runner.execute import ansible_environment
 from service.runner.workspace import dump_unsafe
-from tests.conftest import (
+from tests.support import (
     TEST_PLAYBOOKS,
     Backends,
     Stack,

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Stack, wait_for
+from tests.support import Stack, wait_for
 
 ARS = str(Path(sys.executable).parent / "ars")
 LOCAL3 = "inventory/local3.yml"

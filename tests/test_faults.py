@@ -19,12 +19,13 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from service.embedded import EmbeddedRedis
 from service.runner.execute import kill_run_processes, run_processes
 from service.runner.pipeline import _internal_error
-from tests.conftest import (
+from tests.support import (
     Backends,
     Stack,
     StackFactory,
@@ -352,3 +353,25 @@ def test_a_bugs_reason_names_the_error_not_its_task_group() -> None:
     assert _internal_error(nested) == "internal error: RuntimeError: event 7 arrived after 5"
     two = ExceptionGroup("two", [KeyError("a"), ValueError("b")])
     assert _internal_error(two) == "internal error: ExceptionGroup: two (2 sub-exceptions)"
+
+
+def test_a_permanent_database_error_ends_the_run_at_once_with_its_reason(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Not a pause of the database but a broken schema: retrying would hide it for DB_RETRY_FOR seconds
+    and then blame the network. The run ends `error` at once, saying what the database said."""
+    engine = stack.db()
+    with engine.begin() as connection:
+        connection.execute(sa.text("ALTER TABLE job_event DROP COLUMN play"))
+    engine.dispose()
+    probe = Probe.new(tmp_path)
+    probe.gate.touch()
+    worker = stack.add_worker("broken-schema", DB_RETRY_FOR="600")
+    with stack.client() as client:
+        try:
+            done = wait_for(client, submit(client, probe.body())["id"], deadline_s=60)
+        finally:
+            stop(worker)
+    assert done["status"] == "error"
+    assert "internal error" in done["reason"] and "play" in done["reason"], done["reason"]
+    assert "unreachable" not in done["reason"]

@@ -18,7 +18,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import Case, GenerationMode
 from schemathesis.core.result import Ok
 
-from tests.conftest import Stack
+from tests.support import Stack
 
 # Bounded so the suite stays fast: this many examples per operation and mode (valid, invalid).
 EXAMPLES = 50

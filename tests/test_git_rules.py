@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from harness.gitserver import GitServer, RepoBuilder, git_server, playbook, self_signed_certificate
 from service.config import Settings
 from service.errors import InvalidRequest, SourceError
 from service.sources.git import MirrorCache
 from service.sources.providers import GitProvider, check_ref, locate_repo
 from service.sources.requirements import prepare_requirements
-from tests.conftest import ROOT
-from tests.gitserver import GitServer, RepoBuilder, git_server, playbook, self_signed_certificate
+from tests.support import ROOT
 
 REF_SAMPLES = [
     "main",
@@ -180,7 +180,7 @@ def test_credentials_are_resolved_once_by_settings(tmp_path: Path, monkeypatch: 
 
 def test_the_service_does_not_start_with_a_bad_provider(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", "import service.main"],
+        [sys.executable, "-c", "from service.main import app"],
         env={
             "GIT_PROVIDERS": '[{"type": "gitlab", "host": "g.example", "credential_env": "NOPE_TOKEN"}]',
             "AUTH_DISABLED": "true",

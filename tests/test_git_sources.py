@@ -7,10 +7,12 @@ import base64
 import json
 import os
 import re
+import signal
 import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import ROOT, Stack, StackFactory, all_events, submit, wait_for
-from tests.gitserver import GitServer, RepoBuilder, git_server, playbook
+from harness.gitserver import GitServer, RepoBuilder, git_server, playbook
+from tests.support import ROOT, Stack, StackFactory, all_events, submit, wait_for
 
 LOCAL = """all:
   hosts:
@@ -133,6 +135,10 @@ def repos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repos]:
 
 @pytest.fixture(scope="module")
 def git_stack(start_stack: StackFactory, repos: Repos) -> Stack:
+    return start_stack(**git_settings(repos))
+
+
+def git_settings(repos: Repos) -> dict[str, str]:
     providers = [
         {
             "type": "gitlab",
@@ -157,12 +163,12 @@ def git_stack(start_stack: StackFactory, repos: Repos) -> Stack:
         },
         {"type": "generic", "host": "git.example", "orgs": ["team"]},
     ]
-    return start_stack(
-        GIT_PROVIDERS=json.dumps(providers),
-        KEEP_WORK_DIRS="true",
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / "tests" / "collections"),
+    return {
+        "GIT_PROVIDERS": json.dumps(providers),
+        "KEEP_WORK_DIRS": "true",
+        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "tests" / "collections"),
         **repos.tokens,
-    )
+    }
 
 
 @pytest.fixture(scope="module")
@@ -485,3 +491,77 @@ def test_error_reasons_never_carry_the_token(client: httpx.Client, repos: Repos)
     assert job["status"] == "error"
     assert re.search(r"repository .*team/absent.git not found", job["reason"]), job["reason"]
     assert repos.tokens["ARS_TEST_GITLAB_TOKEN"] not in job["reason"]
+
+
+@contextmanager
+def slow_fetches(repos: Repos, path: str, delay: float) -> Iterator[None]:
+    """The Git server holds back every fetch of `path` for `delay` seconds while the block runs."""
+    repos.gitlab.slow.add(path)
+    repos.gitlab.delay = delay
+    try:
+        yield
+    finally:
+        repos.gitlab.slow.discard(path)
+
+
+def new_repo(repos: Repos, tmp_path: Path, path: str, marker: str) -> str:
+    repo = RepoBuilder(repos.gitlab.root, path, tmp_path / uuid.uuid4().hex[:8])
+    repo.commit({"site.yml": playbook(marker)})
+    repo.push()
+    return repos.app(path)
+
+
+def test_a_cancel_during_the_fetch_ends_it_at_once(
+    client: httpx.Client, repos: Repos, tmp_path: Path
+) -> None:
+    url = new_repo(repos, tmp_path, "team/cancel-me.git", "never printed")
+    with slow_fetches(repos, "team/cancel-me.git", 60):
+        job = submit(client, git_job(url))
+        wait_for(client, job["id"], {"running"})
+        assert client.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 202
+        # The fetch is held back for a minute: only a stopped fetch ends the run before then.
+        done = wait_for(client, job["id"], deadline_s=5)
+    assert done["status"] == "canceled", done
+    assert done["reason"] == "canceled by request"
+    assert "never printed" not in stdout(client, job["id"])
+
+
+def _kill_git_processes(needle: bytes) -> None:
+    """What dies with a worker pod: its git processes (they run in sessions of their own)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "cmdline").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                continue
+
+
+def test_a_run_lost_during_its_fetch_is_run_again_once(
+    start_stack: StackFactory, repos: Repos, tmp_path: Path
+) -> None:
+    """Lost before it launched ansible-playbook, a run changed nothing on any host: it is queued again and
+    runs once, on another worker (lost after the launch it ends `error`: tests/test_faults.py)."""
+    stack = start_stack(workers=0, WORKER_LOST_AFTER="4", SWEEP_INTERVAL="2", **git_settings(repos))
+    url = new_repo(repos, tmp_path, "team/lost.git", "ran after all")
+    with stack.client() as http:
+        with slow_fetches(repos, "team/lost.git", 60):
+            doomed = stack.add_worker("doomed")
+            job = submit(http, git_job(url))
+            wait_for(http, job["id"], {"running"})
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait()
+            _kill_git_processes(b"team/lost.git")
+        survivor = stack.add_worker("survivor")
+        try:
+            done = wait_for(http, job["id"], deadline_s=60)
+        finally:
+            survivor.terminate()
+            survivor.wait(timeout=60)
+        assert done["status"] == "successful", done
+        assert stdout(http, job["id"]).count("ran after all") == 1
+    engine = stack.db()
+    with engine.connect() as connection:
+        requeues = connection.execute(sa.text("SELECT requeues FROM job WHERE id = :id"), {"id": job["id"]})
+        assert requeues.scalar_one() == 1
+    engine.dispose()

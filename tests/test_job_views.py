@@ -15,9 +15,8 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from service import live
-from tests.conftest import Stack, StackFactory, submit
-from tests.test_metrics import sample
+from service.live.publish import version_key
+from tests.support import Stack, StackFactory, sample, submit
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,7 @@ def test_an_unchanged_job_is_answered_from_memory_a_changed_one_is_read_again(
 
     # What every writer does after its commit: a new version token.
     with redis.Redis.from_url(quiet_stack.env["REDIS_URL"]) as server:
-        server.set(live.version_key(job["id"]), uuid.uuid4().hex)
+        server.set(version_key(job["id"]), uuid.uuid4().hex)
     assert client.get(url).json()["reason"] == "changed behind the service's back"
 
     # The API's own writes announce themselves: the cancel is seen by the next GET.
@@ -74,7 +73,7 @@ def test_a_job_read_before_its_token_existed_and_unknown_jobs(
     quiet_stack: Stack, client: httpx.Client
 ) -> None:
     job = submit(client, {"playbook": "debug.yml"})
-    key = live.version_key(job["id"])
+    key = version_key(job["id"])
     with redis.Redis.from_url(quiet_stack.env["REDIS_URL"]) as server:
         server.delete(key)  # as after a Redis restart, or a day without a change
         assert client.get(f"/api/v1/jobs/{job['id']}").status_code == 200

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tests.conftest import StackFactory, submit, wait_for
+from tests.support import StackFactory, submit, wait_for
 
 BURST = 40
 

@@ -11,23 +11,9 @@ import httpx
 import pytest
 
 from service.embedded import free_port
-from tests.conftest import Stack, StackFactory, submit, wait_for, wait_until
+from tests.support import Stack, StackFactory, sample, submit, wait_for, wait_until
 
 JOB_ROUTE = "/api/v1/jobs/{job_id}"
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one series in Prometheus text (0 when absent: counters start unseen)."""
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        match = re.fullmatch(r"([a-zA-Z_:]+)(?:\{(.*)\})? (\S+)", line)
-        if match is None or match.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
-        if all(found.get(key) == value for key, value in labels.items()):
-            return float(match.group(3))
-    return 0.0
 
 
 def log_lines(path: Path) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import StackFactory, submit, wait_for, wait_until
+from tests.support import StackFactory, submit, wait_for, wait_until
 
 LOCAL1 = "inventory/local1.yml"
 READ_TOKEN = "reader-" + uuid.uuid4().hex

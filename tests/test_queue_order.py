@@ -13,7 +13,7 @@ from arq.jobs import Job, JobDef, JobStatus
 from service.config import Settings
 from service.models import utcnow
 from service.queue import JobQueue, create_redis, wake_channel
-from tests.conftest import Backends, StackFactory, submit, wait_for
+from tests.support import Backends, StackFactory, submit, wait_for
 
 LOCAL1 = "inventory/local1.yml"
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from service.redaction import MASK, Redactor
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def test_every_form_of_a_secret_is_masked() -> None:

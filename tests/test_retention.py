@@ -6,14 +6,17 @@ import asyncio
 from datetime import timedelta
 from pathlib import Path
 
+import redis as redis_client
 import sqlalchemy as sa
 
-from service.cli import migrate
 from service.config import Settings
-from service.db import create_engine, session_factory
+from service.db import create_engine, migrate, session_factory
+from service.jobs.lifecycle import Lifecycle, Transition
 from service.jobs.service import purge_expired
+from service.live.publish import version_key
 from service.models import utcnow
-from tests.conftest import Backends, fresh_database, sync_url
+from service.queue import JobQueue, create_redis
+from tests.support import Backends, fresh_database, sync_url
 
 
 def _insert_job(
@@ -67,23 +70,26 @@ def test_retention_deletes_only_old_finished_jobs(backends: Backends, tmp_path: 
             _insert_job(connection, "old-running", "running", None, 7)
             _insert_job(connection, "old-queued", "queued", None, 0)
 
-        announced: list[list[str]] = []
+        announced: list[str] = []
 
-        async def deleted(job_ids: list[str]) -> None:
-            # The worker's retention says these jobs changed (the API drops what it kept of them).
-            announced.append(job_ids)
+        async def seen(transition: Transition) -> None:
+            announced.append(transition.job_id)
 
         async def purge() -> tuple[int, int]:
-            async_engine = create_engine(Settings(database_url=database_url))
+            settings = Settings(database_url=database_url, redis_url=backends.redis_url)
+            async_engine = create_engine(settings)
+            redis = create_redis(settings)
+            lifecycle = Lifecycle(session_factory(async_engine), redis, JobQueue(redis, settings), settings)
+            lifecycle.after_commit(seen)
             try:
                 return await purge_expired(
-                    session_factory(async_engine),
+                    lifecycle,
                     finished_before=utcnow() - timedelta(days=30),
-                    on_deleted=deleted,
                     jobs_per_batch=2,
                     events_per_batch=100,
                 )
             finally:
+                await redis.aclose()
                 await async_engine.dispose()
 
         assert asyncio.run(purge()) == (3, 1234 + 3 + 1)
@@ -95,12 +101,11 @@ def test_retention_deletes_only_old_finished_jobs(backends: Backends, tmp_path: 
         engine.dispose()
         assert jobs == {"recent", "old-running", "old-queued"}
         assert events == {"recent": 5, "old-running": 7}
-        assert sorted(job_id for batch in announced for job_id in batch) == [
-            "old-extra",
-            "old-failed",
-            "old-success",
-        ]
-        assert [len(batch) for batch in announced] == [2, 1]
+        # Each deletion went through the lifecycle, which replaced the job's version token: the API drops
+        # what it kept of it.
+        assert sorted(announced) == ["old-extra", "old-failed", "old-success"]
+        with redis_client.Redis.from_url(backends.redis_url) as server:
+            assert all(server.exists(version_key(job_id)) for job_id in announced)
         assert asyncio.run(purge()) == (0, 0)
     finally:
         drop()

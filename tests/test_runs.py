@@ -25,7 +25,7 @@ import pytest
 import sqlalchemy as sa
 
 from service.models import utcnow
-from tests.conftest import (
+from tests.support import (
     TEST_PLAYBOOKS,
     Stack,
     StackFactory,
@@ -452,3 +452,22 @@ def test_playbooks_lists_bundled_playbooks_only(client: httpx.Client) -> None:
     assert {"debug.yml", "fail_h2.yml", "nested/inner.yml"} <= paths
     assert not paths & {"notes.txt", "escape.yml", "inventory/local3.yml"}
     assert {"path": "debug.yml", "name": "Debug play"} in items
+
+
+def test_a_runs_files_are_the_workers_own(
+    runs_stack: Stack, client: httpx.Client, runs: dict[str, dict[str, Any]], scratch: Path
+) -> None:
+    """What the worker writes for a run (its variables, its inventory, ansible-runner's record of the
+    command and events) is 0600 in 0700 directories; what the playbook writes keeps the usual umask."""
+    job = finished(client, runs, "write")
+    assert job["status"] == "successful", job
+    (work,) = runs_stack.work_dir.glob(f"run-{job['id']}-*")
+    # Ansible's fact cache is ansible-playbook's own, made with the umask it runs with (its facts come from
+    # the hosts; the run's directory around it is 0700).
+    entries = [work, *(path for path in work.rglob("*") if "fact_cache" not in path.parts)]
+    assert any(path.name == "extravars" for path in entries)
+    shared = {str(path): oct(path.stat().st_mode & 0o777) for path in entries if path.stat().st_mode & 0o077}
+    assert shared == {}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (scratch / "written.txt").stat().st_mode & 0o777 == 0o666 & ~umask

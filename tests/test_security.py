@@ -9,7 +9,6 @@ Its runs are submitted together up front and run concurrently.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,9 +23,9 @@ import pytest
 import redis
 
 from service.embedded import free_port
-from service.live import stream_key
+from service.live.publish import stream_key
 from service.redaction import MASK
-from tests.conftest import (
+from tests.support import (
     ROOT,
     Backends,
     Stack,
@@ -79,11 +78,12 @@ class SshTargets:
     known_hosts: Path
 
 
-def _start_sshd(directory: Path, name: str, authorized_keys: Path) -> tuple[Sshd, subprocess.Popen[bytes]]:
-    binary = shutil.which("sshd") or "/usr/sbin/sshd"
-    assert Path(binary).exists(), "openssh-server is needed (.ci/run installs it)"
+def _start_sshd(
+    programs: tuple[str, str], directory: Path, name: str, authorized_keys: Path
+) -> tuple[Sshd, subprocess.Popen[bytes]]:
+    binary, keygen = programs
     host_key = directory / f"{name}_host_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
+    subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
     port = free_port()
     config = directory / f"{name}_sshd_config"
     config.write_text(
@@ -109,14 +109,17 @@ def _start_sshd(directory: Path, name: str, authorized_keys: Path) -> tuple[Sshd
 
 
 @pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshTargets]:
+def sshd(
+    tmp_path_factory: pytest.TempPathFactory, ssh_server_programs: tuple[str, str]
+) -> Iterator[SshTargets]:
     directory = tmp_path_factory.mktemp("sshd")
     client_key = directory / "client_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(client_key)], check=True)
+    keygen = ssh_server_programs[1]
+    subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(client_key)], check=True)
     authorized_keys = directory / "authorized_keys"
     authorized_keys.write_bytes((directory / "client_key.pub").read_bytes())
-    target, target_process = _start_sshd(directory, "target", authorized_keys)
-    impostor, impostor_process = _start_sshd(directory, "impostor", authorized_keys)
+    target, target_process = _start_sshd(ssh_server_programs, directory, "target", authorized_keys)
+    impostor, impostor_process = _start_sshd(ssh_server_programs, directory, "impostor", authorized_keys)
     # What an operator puts in the Secret: the target's public host key, for both addresses.
     public = Path(f"{target.host_key}.pub").read_text().split()[:2]
     known_hosts = directory / "known_hosts"
@@ -433,7 +436,8 @@ def test_the_workers_memory_and_environment_are_private_to_it() -> None:
     `nobody` (root, the tests' user, may read anything), beside a process that is not private."""
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     code = (
-        "import sys, time; sys.path.insert(0, sys.argv[1]); from service.environment import keep_private;"
+        "import sys, time; sys.path.insert(0, sys.argv[1]);"
+        " from service.runner.environment import keep_private;"
         " assert sys.argv[2] == 'open' or keep_private(); print('ready', flush=True); time.sleep(60)"
     )
     readable: dict[str, bool] = {}

@@ -34,9 +34,20 @@ print(os.isatty(1), os.isatty(0), os.getsid(0) == os.getpid(), os.getpgrp() == o
 
 @pytest.fixture
 def vfork_spawn(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(pexpect, "spawn", pexpect.spawn)  # restored after the test
-    use_vfork_spawn()
+    monkeypatch.setattr(ansible_runner.runner, "pexpect", pexpect)  # restored after the test
+    use_vfork_spawn(child_umask=0o027)
     yield
+
+
+@pytest.mark.usefixtures("vfork_spawn")
+def test_only_ansible_runner_spawns_by_vfork_with_the_workers_former_umask(tmp_path: Path) -> None:
+    assert pexpect.spawn is not VforkSpawn
+    child = ansible_runner.runner.pexpect.spawn(
+        sys.executable, ["-c", "import os; print(oct(os.umask(0)))"], encoding="utf-8"
+    )
+    child.expect(pexpect.EOF)
+    assert child.before is not None and child.before.strip() == "0o27"
+    child.close()
 
 
 @pytest.mark.usefixtures("vfork_spawn")

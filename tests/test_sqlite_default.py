@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import ROOT, StackFactory, all_events, submit, wait_for
+from tests.support import ROOT, StackFactory, all_events, submit, wait_for
 
 
 def test_bundled_playbooks_on_sqlite(start_stack: StackFactory) -> None:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from service.embedded import free_port
-from tests.conftest import ROOT, WORKER_COMMAND, Backends, api_command, lone_api, service_env
+from tests.support import ROOT, WORKER_COMMAND, Backends, api_command, lone_api, service_env
 
 
 def refuses_to_start(command: list[str], env: dict[str, str]) -> str:
@@ -88,3 +88,26 @@ def test_ansible_settings_the_service_sets_are_refused_in_its_environment(
     assert f"{variable} is set by the service for each run: set {ours} instead" in refuses_to_start(
         WORKER_COMMAND, env
     )
+
+
+def test_importing_the_entry_points_reads_no_settings_and_does_no_io() -> None:
+    """`uvicorn service.main:app` and `arq service.worker.WorkerSettings` read their settings when the server
+    asks for the app or arq for the settings: importing either needs no configuration at all."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import service.main, service.worker"],
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    asking = subprocess.run(
+        [sys.executable, "-c", "import service.worker; service.worker.WorkerSettings"],
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "REDIS_URL is not set" in asking.stderr

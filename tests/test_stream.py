@@ -20,18 +20,12 @@ from service.db import create_engine, session_factory
 from service.embedded import EmbeddedRedis, free_port
 from service.jobs.follow import FollowItem, FollowTiming, JobEnd, follow_job
 from service.jobs.repository import EventRepository, JobRepository
-from service.live import (
-    LIVE_CONNECTIONS,
-    LiveEvent,
-    LiveHub,
-    create_live_redis,
-    publish_end,
-    publish_events,
-)
+from service.live.hub import LIVE_CONNECTIONS, LiveEvent, LiveHub, create_live_redis
+from service.live.publish import publish_end, publish_events
 from service.models import Job, JobStatus
 from service.redaction import Redactor
 from service.runner.events import to_row
-from tests.conftest import (
+from tests.support import (
     Backends,
     Stack,
     StackFactory,
@@ -41,7 +35,7 @@ from tests.conftest import (
     wait_for,
     wait_until,
 )
-from tests.sse import Message, messages, read_stream
+from tests.support.sse import Message, messages, read_stream
 
 LOCAL3 = "inventory/local3.yml"
 JOB_FIELDS: dict[str, Any] = {

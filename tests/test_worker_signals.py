@@ -14,7 +14,7 @@ import redis
 import sqlalchemy as sa
 
 from service.queue import wake_channel
-from tests.conftest import StackFactory, submit, wait_for, wait_until
+from tests.support import StackFactory, submit, wait_for, wait_until
 
 LOCAL1 = "inventory/local1.yml"
 DEADLINE_S = 40  # the poll delay below is 60 s

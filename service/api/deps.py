@@ -11,6 +11,7 @@ from fastapi import Depends, Path, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.config import Settings
+from service.jobs.lifecycle import Lifecycle
 from service.jobs.views import JobViews
 from service.queue import JobQueue
 
@@ -28,6 +29,11 @@ async def _session(request: Request) -> AsyncIterator[AsyncSession]:
 async def _queue(request: Request) -> JobQueue:
     queue: JobQueue = request.app.state.queue
     return queue
+
+
+async def _lifecycle(request: Request) -> Lifecycle:
+    lifecycle: Lifecycle = request.app.state.lifecycle
+    return lifecycle
 
 
 async def _views(request: Request) -> JobViews:
@@ -48,3 +54,4 @@ JobId = Annotated[
 SessionDep = Annotated[AsyncSession, Depends(_session)]
 QueueDep = Annotated[JobQueue, Depends(_queue)]
 ViewsDep = Annotated[JobViews, Depends(_views)]
+LifecycleDep = Annotated[Lifecycle, Depends(_lifecycle)]

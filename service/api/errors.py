@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
 from service.errors import ServiceError, as_field
+from service.faults import transient_db
+
+log = structlog.get_logger(__name__)
 
 _HTTP_KINDS = {
     400: "BadRequest",
@@ -67,17 +71,19 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, kind, str(exc.detail), dict(exc.headers or {}))
 
 
-async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
-    # Only connection-level failures reach here (OperationalError, InterfaceError): the request may be
-    # retried. Anything else from the database is a bug and stays a 500.
+async def _database_error(_: Request, exc: Exception) -> JSONResponse:
+    if not transient_db(exc):
+        # A permanent error (a missing table, a value too long) is a bug or a broken schema: a 500, logged.
+        log.error("database error", exc_info=exc)
+        return error_response(500, "InternalError", "the service could not complete the request")
+    # The database is unavailable for a moment: the request may be retried.
     return error_response(
         503, "Unavailable", "the database does not answer; try again shortly", {"Retry-After": "5"}
     )
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(OperationalError, _database_unavailable)
-    app.add_exception_handler(InterfaceError, _database_unavailable)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)

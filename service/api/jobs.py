@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from service.ansi import strip_ansi
 from service.api.auth import ReadAccess, RunAccess
-from service.api.deps import JobId, QueueDep, SessionDep, SettingsDep, ViewsDep
+from service.api.deps import JobId, LifecycleDep, SessionDep, SettingsDep, ViewsDep
 from service.errors import InvalidRequest, shown
 from service.jobs import service as jobs
 from service.jobs.repository import EventRepository, JobFilters
@@ -39,7 +39,7 @@ async def submit_job(
     body: JobRequest,
     response: Response,
     session: SessionDep,
-    queue: QueueDep,
+    lifecycle: LifecycleDep,
     settings: SettingsDep,
     principal: RunAccess,
     idempotency_key: Annotated[
@@ -50,7 +50,7 @@ async def submit_job(
     """Queue a playbook run. The job is stored before it is queued: a 202 is never lost."""
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
         raise InvalidRequest("Idempotency-Key: 1 to 255 printable characters without spaces")
-    job, created = await jobs.submit(session, queue, settings, body, idempotency_key, principal.name)
+    job, created = await jobs.submit(session, lifecycle, settings, body, idempotency_key, principal.name)
     response.headers["Location"] = f"/api/v1/jobs/{job.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -98,9 +98,9 @@ async def get_job(job_id: JobId, views: ViewsDep, _: ReadAccess) -> Response:
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobOut, tags=["jobs"])
-async def cancel_job(job_id: JobId, session: SessionDep, queue: QueueDep, _: RunAccess) -> JobOut:
+async def cancel_job(job_id: JobId, session: SessionDep, lifecycle: LifecycleDep, _: RunAccess) -> JobOut:
     """A queued job is canceled at once; a running one within about a second. 409 once finished."""
-    return JobOut.of(await jobs.cancel(session, queue, job_id))
+    return JobOut.of(await jobs.cancel(session, lifecycle, job_id))
 
 
 @router.get("/jobs/{job_id}/events", response_model=EventPage, tags=["jobs"])

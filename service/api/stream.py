@@ -17,7 +17,7 @@ from service.api.deps import JobId, SessionDep, SettingsDep
 from service.errors import InvalidRequest, TooManyRequests
 from service.jobs import service as jobs
 from service.jobs.follow import FollowTiming, JobEnd, follow_job
-from service.live import LiveHub
+from service.live.hub import LiveHub
 
 router = APIRouter(prefix="/api/v1")
 

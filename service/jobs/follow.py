@@ -8,20 +8,19 @@ session is held only for one read, never across a wait.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.errors import NotFound
+from service.faults import Backoff, retry, transient_db
 from service.jobs.repository import EventRepository, JobRepository
 from service.jobs.schemas import EventOut, JobOut
-from service.live import LiveEnd, LiveEvent, LiveHub
+from service.live.hub import LiveEnd, LiveEvent, LiveHub
 from service.models import JobStatus
 
 log = structlog.get_logger(__name__)
@@ -64,14 +63,9 @@ async def _page(sessions: async_sessionmaker[AsyncSession], job_id: str, after: 
 
 async def _patiently(read: Callable[[], Awaitable[T]], job_id: str) -> T:
     """One database read, waiting out a database that refuses connections: the reader stays connected."""
-    delay = 0.2
-    while True:
-        try:
-            return await read()
-        except (OperationalError, OSError) as exc:
-            log.warning("database unavailable, stream reader waits", job_id=job_id, error=str(exc)[:200])
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    return await retry(
+        read, transient=transient_db, what="stream reader", backoff=Backoff(first=0.2), job_id=job_id
+    )
 
 
 async def follow_job(

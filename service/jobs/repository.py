@@ -110,11 +110,32 @@ class JobRepository:
         return _rowcount(result) == 1
 
     async def claim(self, job_id: str, worker_id: str) -> bool:
+        """queued → running for this worker; again for the same worker before launch (a commit whose answer
+        was lost on the way is retried)."""
         now = utcnow()
+        job = _JOB_TABLE.c
         result = await self.session.execute(
             sa.update(_JOB_TABLE)
-            .where(_JOB_TABLE.c.id == job_id, _JOB_TABLE.c.status == JobStatus.queued)
+            .where(
+                job.id == job_id,
+                sa.or_(
+                    job.status == JobStatus.queued,
+                    sa.and_(
+                        job.status == JobStatus.running, job.worker_id == worker_id, job.launched_at.is_(None)
+                    ),
+                ),
+            )
             .values(status=JobStatus.running, started_at=now, heartbeat_at=now, worker_id=worker_id)
+        )
+        return _rowcount(result) == 1
+
+    async def launch(self, job_id: str, worker_id: str) -> bool:
+        """Record that ansible-playbook is about to start for this worker's run."""
+        job = _JOB_TABLE.c
+        result = await self.session.execute(
+            sa.update(_JOB_TABLE)
+            .where(job.id == job_id, job.status == JobStatus.running, job.worker_id == worker_id)
+            .values(launched_at=utcnow())
         )
         return _rowcount(result) == 1
 
@@ -135,6 +156,29 @@ class JobRepository:
             .limit(limit)
         )
         return (await self.session.execute(query)).scalars().all()
+
+    async def requeue_lost(self, job_id: str, *, heartbeat_before: datetime, max_requeues: int) -> bool:
+        """running → queued for a run whose worker died before it launched ansible-playbook, unless it was
+        queued again that many times already or a heartbeat came in since it was found stale."""
+        job = _JOB_TABLE.c
+        result = await self.session.execute(
+            sa.update(_JOB_TABLE)
+            .where(
+                job.id == job_id,
+                job.status == JobStatus.running,
+                job.heartbeat_at < heartbeat_before,
+                job.launched_at.is_(None),
+                job.requeues < max_requeues,
+            )
+            .values(
+                status=JobStatus.queued,
+                worker_id=None,
+                started_at=None,
+                heartbeat_at=None,
+                requeues=job.requeues + 1,
+            )
+        )
+        return _rowcount(result) == 1
 
     async def mark_lost(self, job_id: str, *, heartbeat_before: datetime, reason: str) -> bool:
         """running → error, unless a heartbeat came in since the job was found stale."""

@@ -9,14 +9,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
-from service.errors import shown
+from service.errors import CONTROL, shown
 from service.jobs.hosts import check_limit
 from service.models import Job, JobEvent
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
-# C0 and C1 controls, line and paragraph separators, and bidirectional overrides (text that displays
-# differently from what it is).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}\Z")
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
@@ -26,7 +23,7 @@ def _no_option(value: str, what: str) -> str:
     """Values that reach ansible-playbook's command line can never be read as an option."""
     if value.startswith("-"):
         raise ValueError(f"{what} must not start with '-'")
-    if _CONTROL.search(value):
+    if CONTROL.search(value):
         raise ValueError(f"{what} must not contain control characters")
     return value
 
@@ -130,7 +127,7 @@ class JobRequest(BaseModel):
         for key, value in labels.items():
             if not LABEL_KEY.match(key):
                 raise ValueError(f"label key {shown(key)} must match {LABEL_KEY.pattern}")
-            if _CONTROL.search(value):
+            if CONTROL.search(value):
                 raise ValueError(f"label {key!r} must not contain control characters")
         return labels
 

@@ -5,58 +5,28 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import structlog
-from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from service import live
 from service.config import Settings
 from service.errors import Conflict, InvalidRequest, NotFound
+from service.jobs.checks import check_job
+from service.jobs.lifecycle import Lifecycle
 from service.jobs.repository import EventRepository, JobFilters, JobRepository
-from service.jobs.schemas import GitSource, JobOut, JobRequest
-from service.jobs.variables import check_inventory, check_variables
+from service.jobs.schemas import JobOut, JobRequest
 from service.models import Job, JobEvent, JobStatus, utcnow
 from service.queue import JobQueue
-from service.sources.paths import PLAYBOOK_SUFFIXES, check_relative, resolve_inventory, resolve_playbook
-from service.sources.providers import check_ref, locate_repo
 
 log = structlog.get_logger(__name__)
 
 
-def _validate_source(request: JobRequest, settings: Settings) -> None:
-    if isinstance(request.source, GitSource):
-        locate_repo(request.source.repo, settings.git_providers)
-        check_ref(request.source.ref)
-        # Whether the files exist is known only once a worker has fetched the ref.
-        pure = check_relative(request.playbook, "playbook")
-        if pure.suffix not in PLAYBOOK_SUFFIXES:
-            raise InvalidRequest(f"playbook: {request.playbook!r} is not a .yml or .yaml file")
-        if isinstance(request.inventory, str):
-            check_relative(request.inventory, "inventory")
-        return
-    root = settings.playbooks_dir
-    resolve_playbook(root, request.playbook)
-    if isinstance(request.inventory, str):
-        resolve_inventory(root, request.inventory)
-
-
-def _validate_limits(request: JobRequest, settings: Settings) -> None:
-    if request.timeout is not None and request.timeout > settings.max_run_timeout:
-        raise InvalidRequest(f"timeout: at most {settings.max_run_timeout} seconds")
-    if request.forks is not None and request.forks > settings.max_forks:
-        raise InvalidRequest(f"forks: at most {settings.max_forks} (MAX_FORKS)")
-    check_variables(request.extra_vars, "extra_vars", settings.extra_vars_allow)
-    if isinstance(request.inventory, dict):
-        check_inventory(request.inventory, settings.extra_vars_allow, settings.max_inline_hosts)
-
-
 async def submit(
     session: AsyncSession,
-    queue: JobQueue,
+    lifecycle: Lifecycle,
     settings: Settings,
     request: JobRequest,
     idempotency_key: str | None,
@@ -77,8 +47,6 @@ async def submit(
         if existing is not None:
             await repository.release_idempotency_key(existing.id, idempotency_key)
             await session.commit()
-    _validate_source(request, settings)
-    _validate_limits(request, settings)
     job = Job(
         id=str(uuid.uuid4()),
         status=JobStatus.queued,
@@ -100,29 +68,20 @@ async def submit(
         submitted_by=submitted_by,
         created_at=utcnow(),
     )
+    check_job(job, settings, source_root=None)
     try:
-        await repository.add(job)
-        await session.commit()
+        async with lifecycle.transaction() as transaction:
+            await transaction.submit(job)
     except IntegrityError:
         # Two identical idempotent requests raced: the unique key let one in; return that one.
-        await session.rollback()
         if idempotency_key is None:
             raise
         existing = await repository.get_by_idempotency_key(submitted_by, idempotency_key)
         if existing is None:
             raise
         return existing, False
-    await _enqueue(queue, job)
     log.info("job submitted", job_id=job.id, playbook=job.playbook, priority=job.priority)
     return job, True
-
-
-async def _enqueue(queue: JobQueue, job: Job) -> None:
-    try:
-        await queue.enqueue(job.id, job.priority, job.created_at)
-    except (RedisError, OSError) as exc:
-        # The job is stored; the sweeper queues it once Redis answers again.
-        log.warning("enqueue failed, left for the sweeper", job_id=job.id, error=str(exc))
 
 
 async def get(session: AsyncSession, job_id: str) -> Job:
@@ -139,27 +98,17 @@ async def view(session: AsyncSession, job_id: str) -> JobOut:
     return JobOut.of(row)
 
 
-async def cancel(session: AsyncSession, queue: JobQueue, job_id: str) -> Job:
+async def cancel(session: AsyncSession, lifecycle: Lifecycle, job_id: str) -> Job:
     """A queued run is canceled at once; a running one is signalled and ends within the poll interval."""
-    repository = JobRepository(session)
     job = await get(session, job_id)
     if JobStatus(job.status).finished:
         raise Conflict(f"job {job_id} already finished as {job.status}")
-    if await repository.cancel_queued(job_id):
-        await session.commit()
-        await live.changed(queue.redis, job_id)
-        return await get(session, job_id)
-    if await repository.request_cancel(job_id):
-        await session.commit()
-        await live.changed(queue.redis, job_id)
-        try:
-            await queue.signal_cancel(job_id)
-        except (RedisError, OSError) as exc:
-            # The worker also reads the flag from the database when Redis is away.
-            log.warning("cancel signal not sent", job_id=job_id, error=str(exc))
-        return await get(session, job_id)
+    async with lifecycle.transaction() as transaction:
+        change = await transaction.cancel(job_id)
     job = await get(session, job_id)
-    raise Conflict(f"job {job_id} already finished as {job.status}")
+    if change is None:
+        raise Conflict(f"job {job_id} already finished as {job.status}")
+    return job
 
 
 def encode_cursor(job: Job) -> str:
@@ -206,19 +155,18 @@ async def requeue_stranded(session: AsyncSession, queue: JobQueue, *, older_than
 
 
 async def purge_expired(
-    sessions: async_sessionmaker[AsyncSession],
+    lifecycle: Lifecycle,
     *,
     finished_before: datetime,
-    on_deleted: Callable[[list[str]], Awaitable[None]] | None = None,
     jobs_per_batch: int = 100,
     events_per_batch: int = 5000,
 ) -> tuple[int, int]:
-    """Delete finished jobs (and their events) that ended before `finished_before`; `on_deleted` hears of
-    each batch of deleted jobs once committed.
+    """Delete finished jobs (and their events) that ended before `finished_before`.
 
     Every statement touches a bounded range and commits on its own: the event table can be huge, and a
     long DELETE would hold locks the running workers need. Returns (jobs, events) deleted.
     """
+    sessions = lifecycle.sessions
     jobs_deleted = events_deleted = 0
     while True:
         async with sessions() as session:
@@ -236,10 +184,6 @@ async def purge_expired(
                         job_id, after=after, up_to=up_to
                     )
                     await session.commit()
-        deleted = [job_id for job_id, _ in batch]
-        async with sessions() as session:
-            jobs_deleted += await JobRepository(session).delete(deleted)
-            await session.commit()
-        if on_deleted is not None:
-            await on_deleted(deleted)
+        async with lifecycle.transaction() as transaction:
+            jobs_deleted += await transaction.delete([job_id for job_id, _ in batch])
         log.info("retention: deleted a batch", jobs=len(batch))

@@ -1,14 +1,14 @@
 """`GET /api/v1/jobs/{id}` answered from memory while the job has not changed.
 
 The API keeps the JSON of the jobs it was asked for under each job's version token: a random value in
-Redis (`service.live.version_key`) that every writer of the job's row replaces once its change is committed
-(`live.changed`, and inside `publish_events` and `publish_end`, which the worker calls after its commits).
+Redis (`service.live.publish.version_key`) replaced after every committed change of the job's row (the job
+lifecycle announces it, service/jobs/lifecycle.py).
 A GET reads the token, one Redis round trip, and answers with the kept JSON only if it was read under that
 same token; otherwise it reads the row and keeps it under the token. A token read before a change is
 replaced only after it, so a kept copy is never older than the token it is served under.
 
-Reading the row cost 1-2.5 ms of the API's CPU per GET (aiomysql alone: 0.3-0.6 ms); pollers of one job,
-the common load, now cost a Redis GET. When Redis does not answer, GETs read the database (for
+Reading the row costs the API several times what a Redis GET does (bench/README.md), and pollers of one job
+are the common load. When Redis does not answer, GETs read the database (for
 `_REDIS_PAUSE_S` before asking Redis again). A copy is also dropped after `_MAX_AGE_S`: a writer that could
 not reach Redis after its commit leaves its change unseen for that long at most.
 """
@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service import live
+from service.faults import REDIS_UNAVAILABLE
 from service.jobs import service as jobs
+from service.live.publish import version_key
 
 _MAX_AGE_S = 5.0
 # After Redis failed to answer, GETs go straight to the database for this long: a Redis that times out
@@ -78,7 +78,7 @@ class JobViews:
         """The job's current token; a job without one (never changed since Redis started) gets one."""
         if time.monotonic() - self._redis_failed_at < _REDIS_PAUSE_S:
             return None
-        key = live.version_key(job_id)
+        key = version_key(job_id)
         try:
             version: bytes | None = await self._redis.get(key)
             if version is None:
@@ -89,6 +89,6 @@ class JobViews:
                     return fresh
                 version = await self._redis.get(key)
             return version
-        except (RedisError, OSError):
+        except REDIS_UNAVAILABLE:
             self._redis_failed_at = time.monotonic()
             return None

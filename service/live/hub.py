@@ -1,9 +1,5 @@
-"""Live output: the worker appends each stored batch of events to a Redis stream per job.
-
-The stream is only for readers following a run as it happens; the database is the record. Entry ids are
-``<seq>-1`` so a reader can resume from any sequence number with XREAD. The API side is `LiveHub`: one
-read loop per API process, over the streams of every followed job, fanned out to their readers.
-"""
+"""The API's side of live output: `LiveHub`, one read loop per API process over the Redis streams of every
+followed job (service/live/publish.py writes them), fanned out to each job's readers."""
 
 from __future__ import annotations
 
@@ -16,20 +12,16 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError
 
 from service.config import Settings
+from service.faults import REDIS_UNAVAILABLE, Backoff
 from service.jobs.schemas import EventOut
+from service.live.publish import END_EVENT, stream_key
 
 log = structlog.get_logger(__name__)
-
-END_EVENT = "end"
-
 
 # The API's connections for live output, however many streams it serves: one for the read loop's blocking
 # XREAD, one for everything else (start positions, waking the read loop).
@@ -45,69 +37,6 @@ def create_live_redis(settings: Settings) -> Redis:
         client_name=f"ars-live-{os.getpid()}",
     )
     return Redis.from_pool(pool)
-
-
-def stream_key(job_id: str) -> str:
-    return f"ars:job:{job_id}:events"
-
-
-# The version token of a job's row: a random value every writer of the row replaces once its change is
-# committed. The API keeps a job's JSON under the token it was read with (service/jobs/views.py); a token
-# that expired is replaced by the next reader, so its lifetime only bounds Redis' memory.
-_VERSION_TTL_S = 3600
-
-
-def version_key(job_id: str) -> str:
-    return f"ars:job:{job_id}:version"
-
-
-def _new_version(pipe: Pipeline, job_id: str) -> None:
-    pipe.set(version_key(job_id), uuid.uuid4().hex, ex=_VERSION_TTL_S)
-
-
-async def changed(redis: Redis, *job_ids: str) -> None:
-    """Say that these jobs' rows changed (after the commit). A failure is logged: the API's kept copies
-    are also bounded in age."""
-    try:
-        async with redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                _new_version(pipe, job_id)
-            await pipe.execute()
-    except (RedisError, OSError) as exc:
-        log.warning("job change not announced", job_ids=job_ids, error=str(exc))
-
-
-def encode_event(event: dict[str, Any]) -> str:
-    return json.dumps(event, separators=(",", ":"), default=str)
-
-
-async def publish_events(redis: Redis, job_id: str, events: Sequence[dict[str, Any]], *, maxlen: int) -> None:
-    """Append stored events to the job's stream (and announce the job's new event count)."""
-    key = stream_key(job_id)
-    async with redis.pipeline(transaction=False) as pipe:
-        _new_version(pipe, job_id)
-        for event in events:
-            pipe.xadd(
-                key,
-                {"event": event["event"], "data": encode_event(event)},
-                id=f"{event['seq']}-1",
-                maxlen=maxlen,
-                approximate=True,
-            )
-        await pipe.execute()
-
-
-async def publish_end(redis: Redis, job_id: str, final_seq: int, *, ttl: int) -> None:
-    """Mark the end of a run: readers stop following; the stream expires after `ttl` seconds.
-
-    The job's final row was committed before: its new version is set first, so a reader who saw the end
-    and then GETs the job is never answered from a copy kept before."""
-    key = stream_key(job_id)
-    async with redis.pipeline(transaction=False) as pipe:
-        _new_version(pipe, job_id)
-        pipe.xadd(key, {"event": END_EVENT, "data": "{}"}, id=f"{final_seq + 1}-0")
-        pipe.expire(key, ttl)
-        await pipe.execute()
 
 
 @dataclass(frozen=True)
@@ -280,14 +209,14 @@ class LiveHub:
                 # Left behind by an API process that stops: gone within the hour.
                 pipe.expire(self._wake_key, 3600)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             log.warning("live read loop not woken, it looks again within its block time", error=str(exc))
 
     async def _start_position(self, channel: _Channel) -> None:
         """Read on from the newest entry: whatever came before it is in the database already."""
         try:
             newest = await self._redis.xrevrange(channel.key, count=1)
-        except (RedisError, OSError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             log.warning("live stream unavailable, readers poll the database", error=str(exc))
             channel.healthy = False
             return
@@ -307,7 +236,7 @@ class LiveHub:
                 subscription.fall_behind()
 
     async def _read_loop(self) -> None:
-        delay = 0.1
+        backoff = Backoff()
         while self._channels:
             try:
                 # A channel still starting gets its position from its first subscriber.
@@ -319,8 +248,8 @@ class LiveHub:
                     key: str(channel.position) for key, channel in followed.items()
                 }
                 reply = await self._redis.xread(streams, count=500, block=self._block_ms)  # type: ignore[arg-type]
-            except (RedisError, OSError) as exc:
-                if delay == 0.1:
+            except REDIS_UNAVAILABLE as exc:
+                if not backoff.waited:
                     log.warning("live stream read failed, readers poll the database", error=str(exc))
                 for channel in self._channels.values():
                     if channel.healthy or channel.position is not None:
@@ -328,10 +257,9 @@ class LiveHub:
                         channel.position = None
                         for subscription in channel.subscribers:
                             subscription.fall_behind()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await backoff.sleep()
                 continue
-            delay = 0.1
+            backoff.reset()
             for key, entries in reply or []:
                 position = entries[-1][0].decode()
                 if key.decode() == self._wake_key:

@@ -6,7 +6,7 @@ import asyncio
 import shutil
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -14,13 +14,14 @@ from typing import Any, TypeVar
 import anyio
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service import live
 from service.config import Settings
-from service.errors import ServiceError
+from service.errors import Canceled, ServiceError
+from service.faults import transient_db
+from service.jobs.checks import check_job
+from service.jobs.lifecycle import Lifecycle
 from service.jobs.repository import EventRepository, JobRepository
 from service.metrics import WorkerMetrics
 from service.models import Job, JobStatus
@@ -33,9 +34,6 @@ from service.sources.git import MirrorCache
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-# Database faults worth waiting out; anything else is a bug and propagates.
-_TRANSIENT_DB = (OperationalError, DBAPIError, OSError)
-
 
 @dataclass
 class WorkerHealth:
@@ -47,7 +45,9 @@ class WorkerHealth:
 class WorkerDeps:
     settings: Settings
     sessions: async_sessionmaker[AsyncSession]
-    # Our own Redis client: its calls fail fast when Redis is away, unlike arq's pool, which waits for it.
+    # Every change of a job's state, and what follows it (announced with our own Redis client, whose calls
+    # fail fast when Redis is away, unlike arq's pool, which waits for it).
+    lifecycle: Lifecycle
     redis: Redis
     worker_id: str
     limiter: anyio.CapacityLimiter
@@ -61,28 +61,6 @@ class WorkerDeps:
     # The cancel flag of each run this worker claims or runs, for the API's cancel messages.
     cancels: dict[str, threading.Event] = field(default_factory=dict)
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
-
-
-async def retry_db(
-    deps: WorkerDeps, what: str, operation: Callable[[], Awaitable[T]], *, for_s: float | None
-) -> T:
-    """Run `operation` until it succeeds, or `for_s` seconds pass (then the last error propagates).
-
-    `for_s=None` retries until it succeeds or the task is cancelled.
-    """
-    delay = 0.1
-    deadline = None if for_s is None else anyio.current_time() + for_s
-    while True:
-        try:
-            return await operation()
-        except IntegrityError:
-            raise
-        except _TRANSIENT_DB as exc:
-            if deadline is not None and anyio.current_time() + delay > deadline:
-                raise
-            log.warning("database unavailable, retrying", operation=what, error=str(exc).splitlines()[0])
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 class EventRecorder:
@@ -142,43 +120,32 @@ class EventRecorder:
             if row["event"] == STATS_EVENT:
                 self.stats = row["data"]
         last = rows[-1]["seq"]
-
-        async def write() -> None:
-            async with self.deps.sessions() as session:
-                await EventRepository(session).add_batch(self.job_id, rows, last)
-                await session.commit()
-
         started = time.perf_counter()
         try:
-            await retry_db(self.deps, "store events", write, for_s=self.deps.settings.db_retry_for)
+            await self.deps.lifecycle.run(
+                lambda transaction: transaction.record_events(self.job_id, rows, last),
+                what="store events",
+                retry_for=self.deps.settings.db_retry_for,
+            )
         except IntegrityError:
             # A commit whose answer was lost on the way: the rows are there already.
             await self._resync()
             if self.stored_seq < last:
                 raise
-        except _TRANSIENT_DB:
+        except Exception as exc:
+            if not transient_db(exc):
+                raise
             self.stalled = True
             log.error("events not stored, will store them at the end of the run", first_seq=rows[0]["seq"])
             return
         self.stored_seq = last
         self.held = []
-        await self._publish(rows)
         self.deps.metrics.events.inc(len(rows))
         self.deps.metrics.batch_latency.observe(time.perf_counter() - started)
 
     async def _resync(self) -> None:
         async with self.deps.sessions() as session:
             self.stored_seq = await EventRepository(session).max_seq(self.job_id)
-
-    async def _publish(self, rows: list[dict[str, Any]]) -> None:
-        events = [{key: value for key, value in row.items() if key != "job_id"} for row in rows]
-        try:
-            await live.publish_events(
-                self.deps.redis, self.job_id, events, maxlen=self.deps.settings.stream_maxlen
-            )
-        except (RedisError, OSError) as exc:
-            # Live readers fall back to the database; the record is complete either way.
-            log.warning("live stream not updated", error=str(exc))
 
 
 # How often a run reads its cancel flag in the database: the API's message (`WorkerDeps.cancels`) stops it
@@ -193,8 +160,9 @@ async def _watch_cancel(deps: WorkerDeps, job_id: str, cancel: threading.Event) 
             async with deps.sessions() as session:
                 if await JobRepository(session).is_cancel_requested(job_id):
                     cancel.set()
-        except _TRANSIENT_DB:
-            continue
+        except Exception as exc:
+            if not transient_db(exc):
+                raise
 
 
 async def _run_in_thread(
@@ -239,32 +207,24 @@ def _final(
 
 
 async def execute_run(deps: WorkerDeps, job_id: str) -> None:
-    async def claim() -> Job | None:
-        async with deps.sessions() as session:
-            repository = JobRepository(session)
-            claimed = await repository.claim(job_id, deps.worker_id)
-            await session.commit()
-            return await repository.get(job_id) if claimed else None
-
     # Listening before the claim: a cancel can be asked as soon as the claim is committed.
     cancel = deps.cancels[job_id] = threading.Event()
     try:
         # If the database stays away, the job stays queued and the sweeper queues it again later.
-        job = await retry_db(deps, "claim", claim, for_s=deps.settings.db_retry_for)
+        job = await deps.lifecycle.run(
+            lambda transaction: transaction.claim(job_id, deps.worker_id),
+            what="claim",
+            retry_for=deps.settings.db_retry_for,
+        )
         if job is None:
             log.info("not claimed: canceled or taken by another worker")
             return
-        await live.changed(deps.redis, job_id)
         log.info("run started", playbook=job.playbook)
         deps.active.add(job_id)
-        started = time.monotonic()
-        status = await _execute_claimed(deps, job, cancel)
+        await _execute_claimed(deps, job, cancel)
     finally:
         deps.active.discard(job_id)
         del deps.cancels[job_id]
-    deps.metrics.run_duration.labels(playbook=job.playbook, status=status.value).observe(
-        time.monotonic() - started
-    )
 
 
 def _internal_error(exc: BaseException) -> str:
@@ -274,22 +234,33 @@ def _internal_error(exc: BaseException) -> str:
     return f"internal error: {type(exc).__name__}: {exc}"
 
 
-async def _execute_claimed(deps: WorkerDeps, job: Job, cancel: threading.Event) -> JobStatus:
-    """Carry out a claimed run; returns its final status (raises when the worker is stopped)."""
-    job_id = job.id
-    workspace = await _prepare(deps, job)
-    if workspace is None:
-        return JobStatus.error
+async def _launch(deps: WorkerDeps, job: Job) -> bool:
+    """Record the start of ansible-playbook; False if the run is no longer this worker's (reaped meanwhile,
+    which a worker cut off from the database for longer than WORKER_LOST_AFTER can find)."""
+    return await deps.lifecycle.run(
+        lambda transaction: transaction.launch(job.id, deps.worker_id),
+        what="launch",
+        retry_for=deps.settings.db_retry_for,
+    )
 
-    recorder = EventRecorder(deps, job_id)
+
+async def _execute_claimed(deps: WorkerDeps, job: Job, cancel: threading.Event) -> None:
+    """Carry out a claimed run to its final status (raises when the worker is stopped)."""
+    workspace = await _prepare(deps, job, cancel)
+    if workspace is None:
+        return
+    recorder = EventRecorder(deps, job.id)
     channel = EventChannel(asyncio.get_running_loop(), deps.settings.event_buffer_size)
     deps.channels.add(channel)
     try:
+        if not await _launch(deps, job):
+            log.warning("run not started: it is no longer this worker's")
+            return
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(recorder.consume, channel)
                 watcher = anyio.CancelScope()
-                group.start_soon(_scoped, watcher, _watch_cancel(deps, job_id, cancel))
+                group.start_soon(_scoped, watcher, _watch_cancel(deps, job.id, cancel))
                 try:
                     outcome = await _run_in_thread(deps, job, workspace, channel, cancel)
                 finally:
@@ -297,22 +268,15 @@ async def _execute_claimed(deps: WorkerDeps, job: Job, cancel: threading.Event) 
         except anyio.get_cancelled_exc_class():
             # The worker is shutting down past its grace period: the run was stopped above.
             with anyio.CancelScope(shield=True):
-                await _finish_interrupted(deps, job_id, recorder, channel, workspace)
+                await _finish_interrupted(deps, job, recorder, channel, workspace)
             raise
         except Exception as exc:
             log.exception("run failed inside the service")
             with anyio.CancelScope(shield=True):
                 await _finish(
-                    deps,
-                    job_id,
-                    JobStatus.error,
-                    None,
-                    _internal_error(exc),
-                    None,
-                    recorder.stored_seq,
-                    for_s=None,
+                    deps, job, JobStatus.error, reason=_internal_error(exc), events=recorder.stored_seq
                 )
-            return JobStatus.error
+            return
         stored_all = await recorder.complete(channel, workspace)
         stats = host_stats(recorder.stats) if recorder.stats is not None else None
         status, reason = _final(outcome, job.timeout or deps.settings.max_run_timeout, cancel, stats)
@@ -325,37 +289,45 @@ async def _execute_claimed(deps: WorkerDeps, job: Job, cancel: threading.Event) 
                 ),
             )
         # Never left running: the final status is retried until the database takes it.
-        await _finish(deps, job_id, status, outcome.rc, reason, stats, recorder.stored_seq, for_s=None)
+        await _finish(
+            deps, job, status, rc=outcome.rc, reason=reason, stats=stats, events=recorder.stored_seq
+        )
         log.info("run finished", status=status, rc=outcome.rc, events=recorder.stored_seq)
-        return status
     finally:
         deps.channels.discard(channel)
         if not deps.settings.keep_work_dirs:
             await anyio.to_thread.run_sync(workspace.remove)
 
 
-async def _prepare(deps: WorkerDeps, job: Job) -> Workspace | None:
-    """The run's workspace, or None after ending the run as `error` with a reason for a person."""
+async def _prepare(deps: WorkerDeps, job: Job, cancel: threading.Event) -> Workspace | None:
+    """The run's workspace, or None after ending the run (`error` with a reason for a person, or
+    `canceled` when it was canceled meanwhile)."""
     private = await anyio.to_thread.run_sync(create_private_dir, job, deps.settings)
     commit: str | None = None
     try:
-        source = await anyio.to_thread.run_sync(fetch_source, job, deps.settings, deps.mirrors, private)
+        # The check the API made at submit, again: the configuration may have changed since.
+        location = check_job(job, deps.settings, source_root=None).location
+        source = await anyio.to_thread.run_sync(
+            fetch_source, job, location, deps.settings, deps.mirrors, private, cancel
+        )
         if source.fetch_seconds is not None:
             deps.metrics.git_fetch.labels(provider=source.provider).observe(source.fetch_seconds)
         commit = source.commit
         if commit is not None:
-            await retry_db(
-                deps,
-                "record commit",
-                partial(_record_commit, deps, job.id, commit),
-                for_s=deps.settings.db_retry_for,
+            await deps.lifecycle.run(
+                lambda transaction: transaction.record_source(job.id, str(commit)),
+                what="record commit",
+                retry_for=deps.settings.db_retry_for,
             )
         return await anyio.to_thread.run_sync(prepare, job, deps.settings, private, source)
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
             if not deps.settings.keep_work_dirs:
                 await anyio.to_thread.run_sync(partial(shutil.rmtree, private, ignore_errors=True))
-            if isinstance(exc, ServiceError | OSError):
+            status = JobStatus.error
+            if isinstance(exc, Canceled):
+                status, reason = JobStatus.canceled, "canceled by request"
+            elif isinstance(exc, ServiceError | OSError):
                 detail = exc.detail if isinstance(exc, ServiceError) else str(exc)
                 where = f" ({job.source['repo']} at {commit})" if commit else ""
                 reason = f"could not prepare the run: {detail}{where}"
@@ -367,17 +339,10 @@ async def _prepare(deps: WorkerDeps, job: Job) -> Workspace | None:
                 reason = _internal_error(exc)
             else:
                 raise
-            await _finish(deps, job.id, JobStatus.error, None, reason, None, 0, for_s=None)
+            await _finish(deps, job, status, reason=reason, events=0)
         if isinstance(exc, Exception):
             return None
         raise
-
-
-async def _record_commit(deps: WorkerDeps, job_id: str, commit: str) -> None:
-    async with deps.sessions() as session:
-        await JobRepository(session).set_source_commit(job_id, commit)
-        await session.commit()
-    await live.changed(deps.redis, job_id)
 
 
 async def _scoped(scope: anyio.CancelScope, coroutine: Awaitable[None]) -> None:
@@ -390,49 +355,46 @@ _SHUTDOWN_DB_RETRY_S = 10.0
 
 
 async def _finish_interrupted(
-    deps: WorkerDeps, job_id: str, recorder: EventRecorder, channel: EventChannel, workspace: Workspace
+    deps: WorkerDeps, job: Job, recorder: EventRecorder, channel: EventChannel, workspace: Workspace
 ) -> None:
     try:
         with anyio.fail_after(_SHUTDOWN_DB_RETRY_S):
             await recorder.complete(channel, workspace)
         await _finish(
             deps,
-            job_id,
+            job,
             JobStatus.error,
-            None,
-            "worker shut down before the run finished",
-            host_stats(recorder.stats) if recorder.stats else None,
-            recorder.stored_seq,
-            for_s=_SHUTDOWN_DB_RETRY_S,
+            reason="worker shut down before the run finished",
+            stats=host_stats(recorder.stats) if recorder.stats else None,
+            events=recorder.stored_seq,
+            retry_for=_SHUTDOWN_DB_RETRY_S,
         )
-    except (TimeoutError, *_TRANSIENT_DB):
+    except Exception as exc:
+        if not (isinstance(exc, TimeoutError) or transient_db(exc)):
+            raise
         log.exception("interrupted run not recorded; the reaper will end it")
 
 
 async def _finish(
     deps: WorkerDeps,
-    job_id: str,
+    job: Job,
     status: JobStatus,
-    rc: int | None,
-    reason: str | None,
-    stats: dict[str, dict[str, int]] | None,
-    event_count: int,
     *,
-    for_s: float | None,
+    reason: str | None,
+    events: int,
+    rc: int | None = None,
+    stats: dict[str, dict[str, int]] | None = None,
+    retry_for: float | None = None,
 ) -> None:
+    """The final status, retried while the database has a transient fault (`retry_for`; None: until it
+    takes it): a run is never left running."""
     reason = None if reason is None else deps.redactor.text(reason)
-
-    async def write() -> bool:
-        async with deps.sessions() as session:
-            finished = await JobRepository(session).finish(
-                job_id, status=status, rc=rc, reason=reason, host_stats=stats, event_count=event_count
-            )
-            await session.commit()
-            return finished
-
-    if not await retry_db(deps, "finish", write, for_s=for_s):
+    finished = await deps.lifecycle.run(
+        lambda transaction: transaction.finish(
+            job, status, rc=rc, reason=reason, host_stats=stats, event_count=events
+        ),
+        what="finish",
+        retry_for=retry_for,
+    )
+    if not finished:
         log.warning("run was already finished elsewhere", status=status)
-    try:
-        await live.publish_end(deps.redis, job_id, event_count, ttl=deps.settings.stream_ttl_after_end)
-    except (RedisError, OSError) as exc:
-        log.warning("end of stream not published", error=str(exc))

@@ -1,13 +1,12 @@
-"""How ansible-runner starts ansible-playbook in a worker: on a pty as before, by vfork instead of fork.
+"""How ansible-runner starts ansible-playbook in a worker: on a pty, by vfork rather than fork.
 
-ansible-runner starts ansible-playbook through pexpect, whose ptyprocess forks the worker. Forking a process
-of ~100 MiB copies its page tables, then makes the worker pay copy-on-write faults: about 5 ms of the
-worker's CPU and 10 ms of wall time per run, a sixth of what a worker spends on a small run (bench/drain.py).
-`subprocess` starts the child with vfork, which copies nothing (0.2 ms).
+ansible-runner starts ansible-playbook through pexpect, whose ptyprocess forks the worker: forking a large
+process copies its page tables and then makes the worker pay copy-on-write faults, on every run.
+`subprocess` starts the child with vfork, which copies nothing (decision 0004, bench/README.md).
 
-Kept: ansible-playbook writes to a pty (it prints as on a terminal, and ansible-runner reads it with pexpect
-as before) and leads a session and process group of its own. Changed, on purpose: its stdin is /dev/null and
-the pty is not its controlling terminal. Nobody types into a run of this service: a prompt, or `pause`
+ansible-playbook writes to a pty (it prints as on a terminal, and ansible-runner reads it with pexpect) and
+leads a session and process group of its own. Its stdin is /dev/null and the pty is not its controlling
+terminal, on purpose. Nobody types into a run of this service: a prompt, or `pause`
 without a duration, ends at once as non-interactive instead of waiting for the run's timeout. And a worker
 that dies hangs up nothing: ansible-runner's `ignore_sighup` (a preexec function, which vfork rules out) has
 no signal left to ignore.
@@ -22,6 +21,7 @@ import subprocess
 import termios
 from typing import TYPE_CHECKING, Any
 
+import ansible_runner.runner
 import pexpect
 import ptyprocess
 
@@ -79,6 +79,8 @@ class VforkSpawn(_PexpectSpawn):
     """pexpect.spawn with the child started as described in this module's docstring."""
 
     ptyproc: _VforkedPty  # set by pexpect.spawn._spawn from _spawnpty
+    # The umask ansible-playbook runs with: the worker's own, before it made its files private.
+    child_umask = -1
 
     def _spawnpty(self, args: list[bytes], **kwargs: Any) -> _VforkedPty:
         # pexpect found the command on PATH already; ignore_sighup's preexec_fn is dropped (see above).
@@ -97,6 +99,7 @@ class VforkSpawn(_PexpectSpawn):
                 cwd=kwargs.get("cwd"),
                 env=kwargs.get("env"),
                 start_new_session=True,
+                umask=self.child_umask,
             )
         except OSError as exc:
             os.close(master)
@@ -107,7 +110,18 @@ class VforkSpawn(_PexpectSpawn):
         return _VforkedPty(process, master)
 
 
-def use_vfork_spawn() -> None:
-    """Make ansible-runner start ansible-playbook as a VforkSpawn (the worker calls it once at start)."""
-    # ansible_runner.runner calls `pexpect.spawn(...)` through the module.
-    pexpect.spawn = VforkSpawn  # type: ignore[assignment,misc]
+class _PexpectForAnsibleRunner:
+    """The `pexpect` module as ansible-runner's runner sees it: `spawn` is VforkSpawn, the rest pexpect's."""
+
+    spawn = VforkSpawn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(pexpect, name)
+
+
+def use_vfork_spawn(child_umask: int) -> None:
+    """Make ansible-runner start ansible-playbook as a VforkSpawn with this umask (the worker calls it once
+    at start). Only ansible-runner's runner module sees the change, not pexpect for everyone."""
+    VforkSpawn.child_umask = child_umask
+    # ansible_runner.runner calls `pexpect.spawn(...)` through the module it imported.
+    ansible_runner.runner.pexpect = _PexpectForAnsibleRunner()

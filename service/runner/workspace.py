@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,10 @@ import structlog
 import yaml
 
 from service.config import Settings
+from service.jobs.checks import check_job
 from service.models import Job
 from service.sources.git import MirrorCache
-from service.sources.paths import resolve_inventory, resolve_playbook
-from service.sources.providers import check_ref, locate_repo
+from service.sources.providers import RepoLocation
 from service.sources.requirements import prepare_requirements
 
 log = structlog.get_logger(__name__)
@@ -112,15 +113,20 @@ def create_private_dir(job: Job, settings: Settings) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"run-{job.id}-", dir=settings.work_dir))
 
 
-def fetch_source(job: Job, settings: Settings, mirrors: MirrorCache, private: Path) -> SourceTree:
-    """Where the run's playbook comes from: the bundled directory, or a checkout of its Git ref."""
-    if job.source.get("type") != "git":
+def fetch_source(
+    job: Job,
+    location: RepoLocation | None,
+    settings: Settings,
+    mirrors: MirrorCache,
+    private: Path,
+    cancel: threading.Event | None = None,
+) -> SourceTree:
+    """Where the run's playbook comes from: the bundled directory, or a checkout of its Git ref (`location`
+    as the job's check found it). Setting `cancel` stops a fetch under way (Canceled)."""
+    if location is None:
         return SourceTree(project_dir=settings.playbooks_dir, commit=None)
-    # Checked again on the worker: the providers may have changed since the job was accepted.
-    location = locate_repo(job.source["repo"], settings.git_providers)
     ref = job.source["ref"]
-    check_ref(ref)
-    fetched = mirrors.checkout(location, ref, private / "project")
+    fetched = mirrors.checkout(location, ref, private / "project", cancel)
     log.info(
         "git source ready",
         repo=location.url,
@@ -139,17 +145,15 @@ def fetch_source(job: Job, settings: Settings, mirrors: MirrorCache, private: Pa
 
 
 def prepare(job: Job, settings: Settings, private: Path, source: SourceTree) -> Workspace:
-    """Fill the run's scratch directory. Paths are checked again: the source may have changed."""
+    """Fill the run's scratch directory, once the job's check passed again with the source's files."""
     project_dir = source.project_dir
-    resolve_playbook(project_dir, job.playbook)
+    checked = check_job(job, settings, project_dir)
     env = private / "env"
     env.mkdir()
     if job.extra_vars:
         (env / "extravars").write_text(dump_unsafe(job.extra_vars), encoding="utf-8")
-    inventory: str | None = None
-    if isinstance(job.inventory, str):
-        inventory = str(resolve_inventory(project_dir, job.inventory))
-    elif isinstance(job.inventory, dict):
+    inventory = None if checked.inventory is None else str(checked.inventory)
+    if isinstance(job.inventory, dict):
         directory = private / "inventory"
         directory.mkdir()
         path = directory / "hosts.yml"

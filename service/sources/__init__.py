@@ -1,1 +1,1 @@
-"""Where playbooks come from: the bundled directory, or (later) Git providers."""
+"""Where playbooks come from: the bundled directory, or a Git repository on a configured provider."""

@@ -20,6 +20,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,7 +31,8 @@ import structlog
 from pydantic import SecretStr
 
 from service.config import Settings
-from service.errors import SourceError
+from service.errors import Canceled, SourceError
+from service.faults import Backoff
 from service.sources.providers import RepoLocation
 
 log = structlog.get_logger(__name__)
@@ -63,13 +65,17 @@ class MirrorCache:
         self.settings = settings
         self.root = settings.git_cache_dir
 
-    def checkout(self, location: RepoLocation, ref: str, destination: Path) -> Fetched:
-        """Write the files of `ref` in `location` into `destination` (created); return the commit."""
+    def checkout(
+        self, location: RepoLocation, ref: str, destination: Path, cancel: threading.Event | None = None
+    ) -> Fetched:
+        """Write the files of `ref` in `location` into `destination` (created); return the commit. Setting
+        `cancel` ends a git command under way, or the wait for the mirror's lock, within `_CANCEL_POLL_S`
+        (Canceled)."""
         self.root.mkdir(parents=True, exist_ok=True)
         key = hashlib.sha256(location.url.encode()).hexdigest()[:32]
         mirror = self.root / f"{key}.git"
-        git = _Git(self.settings, location)
-        with _locked(self.root / f"{key}.lock"):
+        git = _Git(self.settings, location, cancel)
+        with _locked(self.root / f"{key}.lock", cancel=cancel):
             started = time.monotonic()
             reused = (mirror / "HEAD").is_file()
             if not reused:
@@ -158,7 +164,10 @@ def _fetch_commit(git: _Git, mirror: Path, ref: str) -> str | None:
     return _resolve(git, mirror, ref) if result.returncode == 0 else None
 
 
-_FETCH_RETRY_DELAYS = (0.5, 2.0)
+# A fetch dropped on the way is tried this many times more, after 0.5 s, then 2 s.
+_FETCH_RETRIES = 2
+# How often a git command or the wait for a mirror's lock looks at the run's cancel flag.
+_CANCEL_POLL_S = 0.2
 _TRANSIENT_FETCH = re.compile(
     r"connection reset|recv failure|empty reply from server|unexpected disconnect", re.I
 )
@@ -167,9 +176,12 @@ _TRANSIENT_FETCH = re.compile(
 class _Git:
     """git with an environment built from nothing: no user or system config, no prompts, no helpers."""
 
-    def __init__(self, settings: Settings, location: RepoLocation) -> None:
+    def __init__(
+        self, settings: Settings, location: RepoLocation, cancel: threading.Event | None = None
+    ) -> None:
         self.settings = settings
         self.location = location
+        self.cancel = cancel
         provider = location.provider
         self.credential: SecretStr | None = settings.git_credential(provider)
         allowed = (
@@ -218,14 +230,15 @@ class _Git:
         command = [*args, "--end-of-options", self.location.url, *wanted]
         # A fetch changes nothing until it succeeds: a connection dropped on the way (a proxy or a load
         # balancer restarting, a busy server) is worth another try or two before the run gives up.
-        for delay in _FETCH_RETRY_DELAYS:
+        backoff = Backoff(first=0.5, factor=4)
+        for _ in range(_FETCH_RETRIES):
             result = self.run(command, what="fetch", check=False)
             if result.returncode == 0 or not _TRANSIENT_FETCH.search(result.stderr):
                 break
             log.warning(
                 "git fetch interrupted, trying again", repo=self.location.url, error=result.stderr.strip()
             )
-            time.sleep(delay)
+            time.sleep(backoff.next())
         else:
             result = self.run(command, what="fetch", check=False)
         if check and result.returncode != 0:
@@ -247,15 +260,24 @@ class _Git:
             text=True,
             start_new_session=True,
         ) as process:
-            try:
-                stdout, stderr = process.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    # Asked again after a timeout, communicate() loses none of the output.
+                    stdout, stderr = process.communicate(timeout=_CANCEL_POLL_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    canceled = self.cancel is not None and self.cancel.is_set()
+                    if not canceled and time.monotonic() < deadline:
+                        continue
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.communicate()
+                if canceled:
+                    raise Canceled(f"git {what} of {self.location.url} stopped: the run was canceled")
                 raise SourceError(
                     f"git {what} of {self.location.url} did not finish within {timeout:g} s (GIT_TIMEOUT)"
-                ) from None
+                )
         result = _GitResult(process.returncode, stdout, self._scrub(stderr))
         if check and result.returncode != 0:
             raise SourceError(self._explain(what, result.stderr))
@@ -304,13 +326,20 @@ def _ssh_command(settings: Settings) -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path, *, wait: bool = True) -> Iterator[bool]:
+def _locked(path: Path, *, wait: bool = True, cancel: threading.Event | None = None) -> Iterator[bool]:
+    """Hold the file lock at `path`; without `wait`, yield False at once if another holds it. While it
+    waits, setting `cancel` ends the wait (Canceled)."""
     with path.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (fcntl.LOCK_NB if cancel is not None or not wait else 0))
+                break
+            except BlockingIOError:
+                if not wait:
+                    yield False
+                    return
+                if cancel is not None and cancel.wait(_CANCEL_POLL_S):
+                    raise Canceled("the run was canceled while another run fetched its repository") from None
         try:
             yield True
         finally:

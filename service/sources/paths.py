@@ -4,12 +4,10 @@ option; an inventory is a file or a directory of inventory sources, not the whol
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path, PurePosixPath
 
-from service.errors import InvalidRequest, shown
+from service.errors import CONTROL, InvalidRequest, shown
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PLAYBOOK_SUFFIXES = (".yml", ".yaml")
 # Entries an inventory directory may hold: Ansible reads every file under it as an inventory source.
 _MAX_INVENTORY_ENTRIES = 10_000
@@ -17,7 +15,7 @@ _MAX_INVENTORY_ENTRIES = 10_000
 
 def check_relative(relative: str, field: str) -> PurePosixPath:
     """What can be checked without the files (a Git source is only fetched on the worker)."""
-    if _CONTROL.search(relative) or "\\" in relative:
+    if CONTROL.search(relative) or "\\" in relative:
         raise InvalidRequest(f"{field}: must not contain control characters or backslashes")
     if relative.startswith("-"):
         # ansible-runner puts the playbook on ansible-playbook's command line as it is.

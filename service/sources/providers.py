@@ -15,14 +15,19 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.errors import InvalidRequest
+from service.errors import CONTROL, InvalidRequest
 
 ProviderType = Literal["azure", "gitlab", "github", "generic"]
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOST = re.compile(rf"^(?P<name>{_LABEL}(?:\.{_LABEL})*)(?::(?P<port>[0-9]{{1,5}}))?\Z")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
-_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
+
+
+def _control_or_space(text: str) -> bool:
+    return " " in text or bool(CONTROL.search(text))
+
+
 # user@host:path, git's "scp-like" syntax (no scheme, and no slash before the colon).
 _SCP_LIKE = re.compile(r"^(?P<user>[A-Za-z0-9._-]+)@(?P<host>[^/:@]+):(?P<path>[^/].*)\Z")
 _DEFAULT_PORTS = {"https": 443, "http": 80, "ssh": 22}
@@ -73,7 +78,7 @@ class GitProvider(BaseModel):
     def _orgs(cls, values: tuple[str, ...]) -> tuple[str, ...]:
         for org in values:
             parts = org.split("/")
-            if not org or any(part in ("", ".", "..") or _CONTROL_OR_SPACE.search(part) for part in parts):
+            if not org or any(part in ("", ".", "..") or _control_or_space(part) for part in parts):
                 raise ValueError(f"org {org!r} must be one or more non-empty path segments, like 'team/sub'")
         return values
 
@@ -147,7 +152,7 @@ def locate_repo(repo: str, providers: list[GitProvider]) -> RepoLocation:
     """The provider serving `repo`, or InvalidRequest naming `source.repo` and what is wrong."""
     if repo.startswith("-"):
         raise _refuse(repo, "must not start with '-'")
-    if _CONTROL_OR_SPACE.search(repo) or "\\" in repo:
+    if _control_or_space(repo) or "\\" in repo:
         raise _refuse(repo, "must not contain spaces, control characters or backslashes")
     scp = _SCP_LIKE.match(repo) if "://" not in repo else None
     if scp:
@@ -201,7 +206,7 @@ def _provider_for(
 def _path_segments(repo: str, raw_path: str) -> list[str]:
     segments = unquote(raw_path).strip("/").split("/")
     if any(segment in ("", ".", "..") for segment in segments) or any(
-        _CONTROL_OR_SPACE.search(segment) or "\\" in segment for segment in segments
+        _control_or_space(segment) or "\\" in segment for segment in segments
     ):
         raise _refuse(repo, "must be a repository path like /org/repo, without '.', '..' or empty segments")
     if len(segments) < 2:
@@ -210,7 +215,7 @@ def _path_segments(repo: str, raw_path: str) -> list[str]:
 
 
 # Git's own rules for reference names (`git check-ref-format --allow-onelevel`), plus: never an option.
-_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+_REF_FORBIDDEN = re.compile(r"[ ~^:?*\[\\]")
 
 
 def check_ref(ref: str) -> None:
@@ -221,7 +226,7 @@ def check_ref(ref: str) -> None:
 
     if ref.startswith("-"):
         raise refuse("must not start with '-'")
-    if _REF_FORBIDDEN.search(ref):
+    if _REF_FORBIDDEN.search(ref) or CONTROL.search(ref):
         raise refuse("must not contain spaces, control characters or any of ~ ^ : ? * [ \\")
     if ".." in ref or "@{" in ref or ref == "@":
         raise refuse("must not contain '..' or '@{', nor be '@'")

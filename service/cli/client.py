@@ -1,122 +1,22 @@
-"""`ars`: the service's command line.
-
-`ars dev` runs everything on one machine; `ars migrate` upgrades the database. The client commands (`run`,
-`jobs`, `show`, `logs`, `cancel`) talk to the API at `ARS_URL` with the bearer token `ARS_TOKEN`.
-"""
+"""The client commands of `ars` (`run`, `jobs`, `show`, `logs`, `cancel`): the API at ARS_URL with the bearer
+token ARS_TOKEN; Ansible's own output for people, JSON lines for scripts, exit codes for both."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 import yaml
 
 from service.ansi import strip_ansi
-from service.api.auth import SCOPES, new_token
+from service.cli.output import say
 from service.client import ApiClient, StreamMessage
-from service.config import Settings, get_settings
-from service.embedded import EmbeddedRedis
-from service.environment import child_environment, exec_clean, take_handoff
-from service.errors import ClientError, ConfigurationError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def _say(message: str) -> None:
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
-
-
-def migrate(settings: Settings) -> None:
-    """`alembic upgrade head` with these settings."""
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config(str(REPO_ROOT / "alembic.ini"))
-    config.attributes["settings"] = settings
-    config.attributes["configure_logger"] = False
-    command.upgrade(config, "head")
-
-
-def _stop(processes: Sequence[subprocess.Popen[bytes]], grace_s: float) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for process in processes:
-        try:
-            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def dev(port: int) -> int:
-    """Migrate, start Redis if none is configured, then the API and a worker; Ctrl-C stops everything."""
-    settings = get_settings()
-    var = Path("var").resolve()
-    with contextlib.ExitStack() as stack:
-        redis_url = settings.redis_url or stack.enter_context(EmbeddedRedis(var / "redis"))
-        migrate(settings)
-        env = child_environment(
-            {"DATABASE_URL": settings.database_url, "REDIS_URL": redis_url, "AUTH_DISABLED": "true"}
-        )
-        api = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-        )
-        worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env)
-        processes = {"API": api, "worker": worker}
-        base = f"http://127.0.0.1:{port}"
-        _say(
-            f"\nars dev: API on {base} (docs: {base}/docs), one worker, database {settings.database_url},"
-            f" Redis {redis_url}\n"
-            "Run a first playbook:\n"
-            f"  curl -s -X POST {base}/api/v1/jobs -H 'Content-Type: application/json' \\\n"
-            '       -d \'{"playbook": "hello.yml", "inventory": "inventory/localhost.yml"}\'\n'
-            f"  curl -s {base}/api/v1/jobs            # then GET /api/v1/jobs/<id>/stdout\n"
-            "Ctrl-C stops everything.\n"
-        )
-        stopping = False
-
-        def on_signal(_signum: int, _frame: FrameType | None) -> None:
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
-        try:
-            while not stopping and all(process.poll() is None for process in processes.values()):
-                time.sleep(0.2)
-        finally:
-            _say("ars dev: stopping")
-            _stop(list(processes.values()), grace_s=settings.job_completion_wait + 10)
-        failed = [
-            name for name, process in processes.items() if process.returncode not in (0, -signal.SIGTERM)
-        ]
-        if not stopping and failed:
-            _say(f"ars dev: {', '.join(map(str, failed))} stopped unexpectedly")
-            return 1
-    return 0
-
-
-def token_new_command(name: str, scopes: list[str]) -> int:
-    token, entry = new_token(name, scopes)
-    sys.stdout.write(
-        f"token (give it to the client; it is not stored anywhere): {token}\n"
-        f"API_TOKENS entry (add it to the Secret; entries are separated by ';' or newlines):\n{entry}\n"
-    )
-    return 0
-
+from service.config import Settings
+from service.errors import ClientError
 
 EXIT_OK = 0  # the job succeeded (or the command did what it was asked)
 EXIT_ERROR = 1  # the command could not be carried out: API unreachable, request refused, bad configuration
@@ -135,7 +35,7 @@ EXIT_BY_STATUS = {
 }
 
 
-_EXIT_CODES = f"""exit codes (run --follow and logs --follow exit with the job's result):
+EXIT_CODES_HELP = f"""exit codes (run --follow and logs --follow exit with the job's result):
   {EXIT_OK}    success
   {EXIT_ERROR}    the command could not be carried out (API unreachable, request refused)
   {EXIT_FAILED}    Ansible failed: failed or unreachable hosts
@@ -144,12 +44,6 @@ _EXIT_CODES = f"""exit codes (run --follow and logs --follow exit with the job's
   {EXIT_JOB_ERROR}    the service could not carry the run through (see the job's reason)
   {EXIT_USAGE}   wrong command line
   {EXIT_DETACHED}  Ctrl-C, then detach: the job goes on"""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def _load_file(reference: str, what: str) -> Any:
@@ -238,7 +132,7 @@ class _Output:
         if self.as_json:
             self.json(job)
         else:
-            _say(_summary(job))
+            say(_summary(job))
         return EXIT_BY_STATUS.get(job["status"], EXIT_JOB_ERROR)
 
 
@@ -249,7 +143,7 @@ def _summary(job: dict[str, Any]) -> str:
 
 
 def _ask_cancel(job_id: str) -> bool:
-    _say(f"\nars: interrupted. Cancel job {job_id} [c], or detach and leave it running [d]? ")
+    say(f"\nars: interrupted. Cancel job {job_id} [c], or detach and leave it running [d]? ")
     try:
         answer = sys.stdin.readline()
     except KeyboardInterrupt:
@@ -270,14 +164,14 @@ def _follow(client: ApiClient, job_id: str, output: _Output) -> int:
                 after = message.seq or after
         except KeyboardInterrupt:
             if canceling or not _ask_cancel(job_id):
-                _say(f"ars: detached; job {job_id} goes on. Follow it again: ars logs {job_id} --follow")
+                say(f"ars: detached; job {job_id} goes on. Follow it again: ars logs {job_id} --follow")
                 return EXIT_DETACHED
             canceling = True
             try:
                 client.cancel(job_id)
-                _say("ars: cancel requested; following the run to its end")
+                say("ars: cancel requested; following the run to its end")
             except ClientError as exc:
-                _say(f"ars: {exc.detail}")
+                say(f"ars: {exc.detail}")
 
 
 def _text(value: Any) -> str:
@@ -313,13 +207,13 @@ def client_command(args: argparse.Namespace, settings: Settings) -> int:
             job = client.submit(_run_request(args))
             if args.follow:
                 if not args.json:
-                    _say(f"ars: job {job['id']} queued")
+                    say(f"ars: job {job['id']} queued")
                 return _follow(client, job["id"], output)
             if args.json:
                 output.json(job)
             else:
                 output.write(job["id"] + "\n")
-                _say(f"ars: job {job['id']} queued; follow it with: ars logs {job['id']} --follow")
+                say(f"ars: job {job['id']} queued; follow it with: ars logs {job['id']} --follow")
         elif args.command == "jobs":
             params = {"status": args.status, "playbook": args.playbook, "limit": args.limit}
             jobs = client.jobs({key: value for key, value in params.items() if value})
@@ -343,7 +237,7 @@ def client_command(args: argparse.Namespace, settings: Settings) -> int:
             if args.json:
                 output.json(job)
             else:
-                _say(f"ars: job {job['id']} {job['status']}: cancel requested")
+                say(f"ars: job {job['id']} {job['status']}: cancel requested")
         elif args.follow:
             return _follow(client, args.id, output)
         else:
@@ -353,7 +247,7 @@ def client_command(args: argparse.Namespace, settings: Settings) -> int:
         client.close()
 
 
-def _client_parsers(commands: Any) -> None:
+def add_parsers(commands: Any) -> None:
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON for scripts")
     run = commands.add_parser("run", parents=[as_json], help="run a playbook through the API")
@@ -387,55 +281,3 @@ def _client_parsers(commands: Any) -> None:
     logs = commands.add_parser("logs", parents=[as_json], help="a job's output (--follow: live)")
     logs.add_argument("id")
     logs.add_argument("-f", "--follow", action="store_true", help="follow the output live until the job ends")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(
-        prog="ars",
-        description="ansible-runner-service. Client commands use ARS_URL and ARS_TOKEN.",
-        epilog=_EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    dev_parser = commands.add_parser(
-        "dev", help="run the API, a worker and (if needed) Redis on this machine"
-    )
-    dev_parser.add_argument("--port", type=int, default=8000)
-    commands.add_parser("migrate", help="upgrade the database to the latest schema (alembic upgrade head)")
-    commands.add_parser("worker", help="run a worker (arq, woken by each submit); SIGTERM stops it")
-    _client_parsers(commands)
-    token_parser = commands.add_parser("token", help="API tokens")
-    token_commands = token_parser.add_subparsers(dest="token_command", required=True)
-    token_new = token_commands.add_parser(
-        "new", help="print a new token and the API_TOKENS entry (name:scopes:sha256) for the Secret"
-    )
-    token_new.add_argument("name", help="who uses the token; recorded on every job it submits")
-    token_new.add_argument(
-        "--scope", action="append", choices=SCOPES, required=True, help="read, run or admin; repeatable"
-    )
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "dev":
-            return dev(args.port)
-        if args.command == "token":
-            return token_new_command(args.name, args.scope)
-        if args.command == "migrate":
-            migrate(get_settings())
-            return EXIT_OK
-        if args.command == "worker":
-            if not take_handoff():
-                # Runs can read the environment the worker was started with: start it without secrets.
-                exec_clean(get_settings(), ["-m", "service.cli", "worker"])
-            # Imported here: the worker module reads its settings at import, which client commands never need.
-            from service.worker import run_worker
-
-            run_worker()
-            return EXIT_OK
-        return client_command(args, get_settings())
-    except (ConfigurationError, ClientError) as exc:
-        _say(f"ars: {exc.detail}")
-        return EXIT_ERROR
-
-
-if __name__ == "__main__":
-    sys.exit(main())

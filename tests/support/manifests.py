@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 # The overlays, and the Secrets each expects to exist: dev generates its own, prod documents its shape.
 OVERLAYS = {"dev": None, "prod": K8S / "overlays" / "prod" / "secrets.example.yaml"}
@@ -27,7 +27,8 @@ def tool(name: str) -> str:
     return str(found) if found.exists() else shutil.which(name) or name
 
 
-def kustomize(path: str) -> list[Obj]:
+def kustomize(path: str | Path) -> list[Obj]:
+    """The objects `kubectl kustomize` renders from a directory: relative to k8s/, or absolute."""
     result = subprocess.run(
         [tool("kubectl"), "kustomize", str(K8S / path)], capture_output=True, text=True, check=False
     )
@@ -94,6 +95,12 @@ def render(overlay: str) -> Rendering:
 def pod_spec(obj: Obj) -> Obj:
     spec: Obj = obj["spec"]["template"]["spec"]
     return spec
+
+
+def pod_containers(obj: Obj) -> list[Obj]:
+    """Every container of the pod, init containers first (the order the kubelet starts them in)."""
+    spec = pod_spec(obj)
+    return [*spec.get("initContainers", []), *spec["containers"]]
 
 
 def only_container(obj: Obj) -> Obj:

@@ -1,0 +1,285 @@
+"""Every change of a job's state, and what follows each once it is committed.
+
+A change is one conditional statement (an UPDATE; an INSERT for a submit, a DELETE for retention), so of
+concurrent writers one wins. Changes are made inside `Lifecycle.transaction()`. What must follow a change
+runs once its transaction has committed, and not at all when it rolls back:
+
+- in Redis, in one round trip (service/live/publish.py): the job's new version token, which GET /jobs/{id}
+  is answered under; newly stored events and the end of a run on the job's live stream;
+- in arq: queue a submitted or requeued run, forget the entry of a run whose worker is gone, tell the
+  worker of a running job to cancel it;
+- the hooks other modules register: `on_change` runs inside the transaction (to write rows of their own
+  atomically with the change), `after_commit` after it (metrics, notifications).
+
+No caller announces anything by hand: a new state change is a method of `Transaction` that calls
+`_changed`, and `tests/test_lifecycle.py` fails for one that announces nothing.
+
+A run lost before it began: `launch` records the moment just before ansible-playbook starts. A running job
+whose worker stops beating before that moment (killed during the Git fetch or the workspace) is queued
+again, once (`MAX_REQUEUES`); after it, the job ends `error` ("worker lost") and is never run again: Ansible
+may have changed hosts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from typing import Any, TypeVar
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.config import Settings
+from service.faults import REDIS_UNAVAILABLE, retry, transient_db
+from service.jobs.repository import EventRepository, JobRepository
+from service.live.publish import Announcements, announce
+from service.models import Job, JobStatus
+from service.queue import JobQueue
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+# A run lost before it launched ansible-playbook is queued again this many times at most.
+MAX_REQUEUES = 1
+
+
+class Change(enum.StrEnum):
+    submitted = "submitted"
+    claimed = "claimed"
+    source_recorded = "source_recorded"
+    launched = "launched"
+    events_recorded = "events_recorded"
+    cancel_requested = "cancel_requested"
+    canceled = "canceled"
+    finished = "finished"
+    requeued = "requeued"
+    lost = "lost"
+    deleted = "deleted"
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One committed change of one job. `job` is the row as the change left it, when the change loaded it."""
+
+    change: Change
+    job_id: str
+    status: JobStatus | None = None
+    job: Job | None = None
+
+
+InTransaction = Callable[[AsyncSession, Transition], Awaitable[None]]
+AfterCommit = Callable[[Transition], Awaitable[None]]
+
+
+@dataclass
+class _Followups:
+    """What a transaction's changes ask for once it commits."""
+
+    announcements: Announcements = field(default_factory=Announcements)
+    enqueue: list[Job] = field(default_factory=list)
+    forget: list[str] = field(default_factory=list)
+    cancel: list[str] = field(default_factory=list)
+
+
+class Transaction:
+    """The changes of one database transaction. Reads go through `session` and the repositories."""
+
+    def __init__(self, lifecycle: Lifecycle, session: AsyncSession) -> None:
+        self._lifecycle = lifecycle
+        self.session = session
+        self.jobs = JobRepository(session)
+        self.transitions: list[Transition] = []
+        self._followups = _Followups()
+
+    async def _changed(self, transition: Transition, *, shown: bool = True) -> None:
+        """Record a change; `shown`: the job as GET /jobs/{id} shows it changed (a new version token)."""
+        self.transitions.append(transition)
+        if shown:
+            self._followups.announcements.changed.append(transition.job_id)
+        for hook in self._lifecycle.in_transaction:
+            await hook(self.session, transition)
+
+    async def submit(self, job: Job) -> None:
+        """A new run, `queued`, queued in arq after the commit (the sweeper queues it if Redis is away)."""
+        await self.jobs.add(job)
+        self._followups.enqueue.append(job)
+        # Nothing kept a view of a job that did not exist.
+        await self._changed(Transition(Change.submitted, job.id, JobStatus.queued, job), shown=False)
+
+    async def claim(self, job_id: str, worker_id: str) -> Job | None:
+        """queued → running for this worker; None if it was canceled or taken meanwhile."""
+        if not await self.jobs.claim(job_id, worker_id):
+            return None
+        job = await self.jobs.get(job_id)
+        assert job is not None
+        await self._changed(Transition(Change.claimed, job_id, JobStatus.running, job))
+        return job
+
+    async def record_source(self, job_id: str, commit: str) -> None:
+        """The commit a Git source's ref resolved to."""
+        await self.jobs.set_source_commit(job_id, commit)
+        await self._changed(Transition(Change.source_recorded, job_id, JobStatus.running))
+
+    async def launch(self, job_id: str, worker_id: str) -> bool:
+        """The moment before ansible-playbook starts: from here on, a lost run is never run again."""
+        if not await self.jobs.launch(job_id, worker_id):
+            return False
+        await self._changed(Transition(Change.launched, job_id, JobStatus.running), shown=False)
+        return True
+
+    async def record_events(self, job_id: str, rows: Sequence[dict[str, Any]], last_seq: int) -> None:
+        """A batch of stored events (and the job's event count), then on its live stream."""
+        await EventRepository(self.session).add_batch(job_id, rows, last_seq)
+        self._followups.announcements.events[job_id] = [
+            {key: value for key, value in row.items() if key != "job_id"} for row in rows
+        ]
+        await self._changed(Transition(Change.events_recorded, job_id, JobStatus.running))
+
+    async def finish(
+        self,
+        job: Job,
+        status: JobStatus,
+        *,
+        rc: int | None,
+        reason: str | None,
+        host_stats: dict[str, dict[str, int]] | None,
+        event_count: int,
+    ) -> bool:
+        """running → a final status, with everything that describes the end; the end of its stream."""
+        if not await self.jobs.finish(
+            job.id, status=status, rc=rc, reason=reason, host_stats=host_stats, event_count=event_count
+        ):
+            return False
+        self._followups.announcements.ended[job.id] = event_count
+        await self._changed(Transition(Change.finished, job.id, status, job))
+        return True
+
+    async def cancel(self, job_id: str) -> Change | None:
+        """A queued run is canceled at once; a running one is asked to stop (its worker is told after the
+        commit, and reads the flag from the database too). None when the job is finished already."""
+        if await self.jobs.cancel_queued(job_id):
+            self._followups.announcements.ended[job_id] = 0
+            await self._changed(Transition(Change.canceled, job_id, JobStatus.canceled))
+            return Change.canceled
+        if await self.jobs.request_cancel(job_id):
+            self._followups.cancel.append(job_id)
+            await self._changed(Transition(Change.cancel_requested, job_id, JobStatus.running))
+            return Change.cancel_requested
+        return None
+
+    async def reap(self, job: Job, *, heartbeat_before: datetime, lost_after: int) -> Change | None:
+        """A running job whose worker stopped beating: queued again if it never launched ansible-playbook
+        (once), else ended `error`. None if a heartbeat came in since it was found stale."""
+        if await self.jobs.requeue_lost(job.id, heartbeat_before=heartbeat_before, max_requeues=MAX_REQUEUES):
+            self._followups.forget.append(job.id)
+            self._followups.enqueue.append(job)
+            await self._changed(Transition(Change.requeued, job.id, JobStatus.queued, job))
+            return Change.requeued
+        reason = f"worker lost: {job.worker_id} gave no sign of life for {lost_after} s"
+        if await self.jobs.mark_lost(job.id, heartbeat_before=heartbeat_before, reason=reason):
+            self._followups.forget.append(job.id)
+            self._followups.announcements.ended[job.id] = job.event_count
+            await self._changed(Transition(Change.lost, job.id, JobStatus.error, job))
+            return Change.lost
+        return None
+
+    async def delete(self, job_ids: Sequence[str]) -> int:
+        """Finished jobs whose events are deleted already (retention)."""
+        deleted = await self.jobs.delete(job_ids)
+        for job_id in job_ids:
+            await self._changed(Transition(Change.deleted, job_id))
+        return deleted
+
+
+class Lifecycle:
+    """Made once per process (API lifespan, worker startup) with its shared resources."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        redis: Redis,
+        queue: JobQueue,
+        settings: Settings,
+    ) -> None:
+        self.sessions = sessions
+        self._redis = redis
+        self._queue = queue
+        self._settings = settings
+        self.in_transaction: list[InTransaction] = []
+        self._after_commit: list[AfterCommit] = []
+
+    def on_change(self, hook: InTransaction) -> None:
+        """Run `hook` inside the transaction of every change (it may write rows of its own)."""
+        self.in_transaction.append(hook)
+
+    def after_commit(self, hook: AfterCommit) -> None:
+        """Run `hook` for every change once its transaction committed."""
+        self._after_commit.append(hook)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """A transaction for changes: committed when the block ends, rolled back (and nothing announced)
+        when it raises."""
+        async with self.sessions() as session:
+            transaction = Transaction(self, session)
+            yield transaction
+            await session.commit()
+        await self._follow_up(transaction)
+
+    async def run(
+        self,
+        work: Callable[[Transaction], Awaitable[T]],
+        *,
+        what: str,
+        retry_for: float | None,
+    ) -> T:
+        """`work` in a transaction, the whole transaction retried while the database has a transient fault
+        (for at most `retry_for` seconds; None: until it succeeds)."""
+
+        async def once() -> T:
+            async with self.transaction() as transaction:
+                return await work(transaction)
+
+        return await retry(once, transient=transient_db, what=what, for_s=retry_for)
+
+    async def _follow_up(self, transaction: Transaction) -> None:
+        # Each step on its own: the transaction committed whatever Redis does. Without them, kept copies of a
+        # view expire on their own, readers fall back to the database, the sweeper queues stored runs, and a
+        # worker reads the cancel flag from the database.
+        followups = transaction._followups
+        settings = self._settings
+        steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
+        if followups.announcements:
+            ttl, maxlen = settings.stream_ttl_after_end, settings.stream_maxlen
+            steps.append(
+                ("announce", partial(announce, self._redis, followups.announcements, maxlen=maxlen, ttl=ttl))
+            )
+        # arq keeps a dead run's entry (and counts it as in flight) until its lock expires.
+        steps += [("forget in arq", partial(self._queue.forget, job_id)) for job_id in followups.forget]
+        steps += [
+            ("queue in arq", partial(self._queue.enqueue, job.id, job.priority, job.created_at))
+            for job in followups.enqueue
+        ]
+        steps += [
+            ("signal cancel", partial(self._queue.signal_cancel, job_id)) for job_id in followups.cancel
+        ]
+        for what, step in steps:
+            try:
+                await step()
+            except REDIS_UNAVAILABLE as exc:
+                log.warning("committed change not followed up", step=what, error=str(exc))
+            except RedisError:
+                # A bug, said loudly; the change itself is committed and must not look failed to its caller.
+                log.exception("committed change not followed up", step=what)
+        for transition in transaction.transitions:
+            for hook in self._after_commit:
+                try:
+                    await hook(transition)
+                except Exception:
+                    log.exception("after-commit hook failed", hook=getattr(hook, "__qualname__", repr(hook)))

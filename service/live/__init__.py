@@ -1,0 +1,1 @@
+"""Live output of runs: Redis streams written after commits (publish), read by the API (hub)."""
