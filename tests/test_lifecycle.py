@@ -30,29 +30,7 @@ from service.jobs.repository import JobRepository
 from service.live.publish import END_EVENT, stream_key, version_key
 from service.models import Job, JobStatus, utcnow
 from service.queue import JobQueue, create_redis
-from tests.support import Backends, fresh_database
-
-
-def new_job(status: JobStatus = JobStatus.queued, **fields: Any) -> Job:
-    values: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "status": status,
-        "playbook": "debug.yml",
-        "source": {"type": "bundled"},
-        "extra_vars": {},
-        "tags": [],
-        "skip_tags": [],
-        "check": False,
-        "diff": False,
-        "verbosity": 0,
-        "priority": "default",
-        "labels": {},
-        "created_at": utcnow(),
-        **fields,
-    }
-    if status is JobStatus.running:
-        values = {"started_at": utcnow(), "heartbeat_at": utcnow(), "worker_id": "w1", **values}
-    return Job(**values)
+from tests.support import Backends, fresh_database, job_row
 
 
 @dataclass
@@ -200,7 +178,7 @@ def test_every_change_has_a_case() -> None:
 def test_a_change_is_announced_after_its_commit(database: str, backends: Backends, case: Case) -> None:
     async def main() -> None:
         async with world(database, backends) as w:
-            job = new_job(case.status, **dict(case.fields))
+            job = job_row(case.status, **dict(case.fields))
             if case.change is not Change.submitted:
                 await w.insert(job)
             before = await w.token(job.id)
@@ -227,7 +205,7 @@ def test_a_change_is_announced_after_its_commit(database: str, backends: Backend
 def test_a_rolled_back_change_is_not_announced(database: str, backends: Backends, case: Case) -> None:
     async def main() -> None:
         async with world(database, backends) as w:
-            job = new_job(case.status, **dict(case.fields))
+            job = job_row(case.status, **dict(case.fields))
             if case.change is not Change.submitted:
                 await w.insert(job)
             before = await w.token(job.id)
@@ -256,7 +234,7 @@ def test_a_run_lost_before_it_began_is_queued_again_once(database: str, backends
 
     async def main() -> list[Change | None]:
         async with world(database, backends) as w:
-            job = await w.insert(new_job(JobStatus.running, heartbeat_at=utcnow() - timedelta(hours=1)))
+            job = await w.insert(job_row(JobStatus.running, heartbeat_at=utcnow() - timedelta(hours=1)))
             changes = [await reap(w, job)]
             async with w.lifecycle.transaction() as transaction:
                 assert await transaction.claim(job.id, "w2") is not None

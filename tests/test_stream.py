@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from service.jobs.follow import FollowItem, FollowTiming, JobEnd, follow_job
 from service.jobs.repository import EventRepository, JobRepository
 from service.live.hub import LIVE_CONNECTIONS, LiveEvent, LiveHub, create_live_redis
 from service.live.publish import publish_end, publish_events
-from service.models import Job, JobStatus
+from service.models import JobStatus
 from service.redaction import Redactor
 from service.runner.events import to_row
 from tests.support import (
@@ -30,6 +29,7 @@ from tests.support import (
     Stack,
     StackFactory,
     all_events,
+    job_row,
     lone_api,
     submit,
     wait_for,
@@ -38,19 +38,6 @@ from tests.support import (
 from tests.support.sse import Message, messages, read_stream
 
 LOCAL3 = "inventory/local3.yml"
-JOB_FIELDS: dict[str, Any] = {
-    "playbook": "debug.yml",
-    "source": {"type": "bundled"},
-    "extra_vars": {},
-    "tags": [],
-    "skip_tags": [],
-    "check": False,
-    "diff": False,
-    "verbosity": 0,
-    "priority": "default",
-    "labels": {},
-    "created_at": datetime.now(UTC).replace(tzinfo=None),
-}
 # gate.yml on three hosts: these come before the hosts wait for the gate, the rest after it opens.
 BEFORE_GATE = 6
 
@@ -311,7 +298,7 @@ def test_gaps_in_the_live_stream_are_filled_from_the_database(
         live_redis = create_live_redis(settings)
         hub = LiveHub(live_redis, max_pending=max_pending)
         async with sessions() as session:
-            await JobRepository(session).add(Job(id=job_id, status="running", **JOB_FIELDS))
+            await JobRepository(session).add(job_row(JobStatus.running, id=job_id))
             await EventRepository(session).add_batch(job_id, rows(range(1, 4)), 3)
             await session.commit()
         timing = FollowTiming(recheck_s=120, poll_s=120)

@@ -17,7 +17,7 @@ from harness.processes import (
     start_process,
     wait_http,
 )
-from tests.support.jobs import all_events, sample, submit, wait_for, wait_until
+from tests.support.jobs import all_events, job_row, sample, submit, wait_for, wait_until
 
 __all__ = [
     "FINISHED",
@@ -33,6 +33,7 @@ __all__ = [
     "ansible_playbook",
     "api_command",
     "fresh_database",
+    "job_row",
     "lone_api",
     "sample",
     "service_env",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from harness.processes import FINISHED
+from service.models import Job, JobStatus, utcnow
 
 
 def submit(client: httpx.Client, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -70,3 +72,26 @@ def sample(text: str, name: str, **labels: str) -> float:
         if all(found.get(key) == value for key, value in labels.items()):
             return float(match.group(3))
     return 0.0
+
+
+def job_row(status: JobStatus = JobStatus.queued, **fields: Any) -> Job:
+    """A job row as the API stores a debug.yml run (a running one as a worker leaves it once claimed), for
+    tests that write rows without the API."""
+    values: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "status": status,
+        "playbook": "debug.yml",
+        "source": {"type": "bundled"},
+        "extra_vars": {},
+        "tags": [],
+        "skip_tags": [],
+        "check": False,
+        "diff": False,
+        "verbosity": 0,
+        "priority": "default",
+        "labels": {},
+        "created_at": utcnow(),
+    }
+    if status is JobStatus.running:
+        values |= {"started_at": utcnow(), "heartbeat_at": utcnow(), "worker_id": "w1"}
+    return Job(**(values | fields))
