@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from service.errors import ClientError
+from service.faults import Backoff
 
 # Reconnections in a row (resuming with Last-Event-ID) before a broken stream is given up.
 _STREAM_RETRIES = 5
@@ -100,6 +101,7 @@ class ApiClient:
     def stream(self, job_id: str, *, after: int = 0) -> Iterator[StreamMessage]:
         """Every event after `after`, then the `end` message; a dropped connection resumes where it was."""
         failures = 0
+        backoff = Backoff(first=1, cap=5)
         while True:
             try:
                 with self._http.stream(
@@ -113,6 +115,7 @@ class ApiClient:
                         raise self._refused(response)
                     for message in _messages(response.iter_lines()):
                         failures = 0
+                        backoff.reset()
                         yield message
                         if message.event == "end":
                             return
@@ -123,4 +126,4 @@ class ApiClient:
             failures += 1
             if failures > _STREAM_RETRIES:
                 raise problem
-            time.sleep(min(2.0 ** (failures - 1), 5.0))
+            time.sleep(backoff.next())

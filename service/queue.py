@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +24,7 @@ from service.arq_compat import (
     serialize_job,
 )
 from service.config import Settings
+from service.faults import Backoff, retry, transient_redis
 
 log = structlog.get_logger(__name__)
 
@@ -68,14 +68,12 @@ class PatientConnectionPool(ConnectionPool):
     """
 
     async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Connection:
-        delay = 0.05
-        while True:
-            try:
-                return await super().get_connection(command_name, *keys, **options)  # type: ignore[no-any-return]
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                log.warning("redis unavailable, waiting", error=str(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        async def connect() -> Connection:
+            return await super(PatientConnectionPool, self).get_connection(command_name, *keys, **options)  # type: ignore[no-any-return]
+
+        return await retry(
+            connect, transient=transient_redis, what="redis connection for arq", backoff=Backoff(0.05, 2)
+        )
 
 
 def create_arq_redis(settings: Settings) -> ArqRedis:

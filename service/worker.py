@@ -24,7 +24,7 @@ from prometheus_client import start_http_server
 from service.arq_compat import WokenWorker
 from service.config import Settings, get_settings
 from service.db import create_engine, session_factory
-from service.faults import REDIS_UNAVAILABLE, transient_db
+from service.faults import REDIS_UNAVAILABLE, Backoff, transient_db
 from service.jobs import service as jobs
 from service.jobs.lifecycle import Lifecycle
 from service.jobs.repository import JobRepository
@@ -118,11 +118,13 @@ async def listen(deps: WorkerDeps, wake: asyncio.Event) -> None:
     ours). One connection for both, whatever the number of runs. A message lost while Redis is away costs
     WORKER_POLL_DELAY for a submit, and the database flag's poll for a cancel."""
     submits, cancels = wake_channel(deps.settings.queue_name), cancel_channel(deps.settings.queue_name)
+    backoff = Backoff(first=1, cap=5)
     while True:
         try:
             async with deps.redis.pubsub() as pubsub:
                 await pubsub.subscribe(submits, cancels)
                 async for message in pubsub.listen():
+                    backoff.reset()
                     if message["type"] != "message":
                         continue
                     if message["channel"] == submits.encode():
@@ -131,7 +133,7 @@ async def listen(deps: WorkerDeps, wake: asyncio.Event) -> None:
                         cancel.set()
         except REDIS_UNAVAILABLE as exc:
             log.warning("not listening for submits and cancels, polling meanwhile", error=str(exc))
-            await asyncio.sleep(1)
+            await backoff.sleep()
 
 
 async def heartbeat(deps: WorkerDeps) -> None:
