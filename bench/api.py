@@ -13,59 +13,25 @@ import asyncio
 import json
 import re
 import shutil
-import statistics
-import subprocess
 import time
-from pathlib import Path
 from typing import Any, cast
 
 import aiomysql
 import redis
 from sqlalchemy.engine import make_url
 
-from bench.harness import BENCH, Row, cpu_times, load, print_table, progress, scratch, service, status_counts
-
-_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
-
-
-def _seconds(text: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(number) * _UNITS[unit]
-
-
-def _wrk(url: str, server_pid: int, script: Path | None = None) -> dict[str, Any]:
-    """wrk's figures, and the API process's CPU time per request (a figure a busy machine disturbs less)."""
-    cpu_before = cpu_times(server_pid).own
-    args = ["wrk", "-t1", f"-c{BENCH.api_connections}", f"-d{BENCH.api_seconds}s", "--latency", url]
-    if script is not None:
-        args[1:1] = ["-s", str(script)]
-    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    cpu = cpu_times(server_pid).own - cpu_before
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    percentiles = {
-        int(q): _seconds(value) for q, value in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.MULTILINE)
-    }
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "req_per_s": rate,
-        "p50_s": percentiles[50],
-        "p99_s": percentiles[99],
-        "requests": total,
-        "non_2xx": int(errors.group(1)) if errors else 0,
-        "api_cpu_ms_per_request": cpu / max(total, 1) * 1000,
-        "raw": out,
-    }
-
-
-def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The median of each figure over repeated wrk runs (each run's own output kept under `runs`)."""
-    figures = ("req_per_s", "p50_s", "p99_s", "api_cpu_ms_per_request")
-    return {
-        **{name: statistics.median(run[name] for run in runs) for name in figures},
-        "non_2xx": sum(run["non_2xx"] for run in runs),
-        "runs": runs,
-    }
+from bench.harness import (
+    BENCH,
+    Row,
+    load,
+    print_table,
+    progress,
+    scratch,
+    service,
+    status_counts,
+    wrk,
+    wrk_median,
+)
 
 
 def _driver_floor_ms(database_url: str, job_id: str, queries: int = 2000) -> float:
@@ -114,10 +80,10 @@ def run() -> dict[str, Any]:
                 f"wrk GET of a job (kept JSON; database every time) and /health,"
                 f" {BENCH.api_connections} conns, {rep + 1}/{BENCH.api_reps}"
             )
-            gets.append(_wrk(url, stack.processes[0].pid))
-            reads.append(_wrk(uncached_url, uncached.processes[0].pid))
-            floors.append(_wrk(f"{stack.base_url}/health", stack.processes[0].pid))
-        get, read, floor = _median(gets), _median(reads), _median(floors)
+            gets.append(wrk(url, stack.processes[0].pid))
+            reads.append(wrk(uncached_url, uncached.processes[0].pid))
+            floors.append(wrk(f"{stack.base_url}/health", stack.processes[0].pid))
+        get, read, floor = wrk_median(gets), wrk_median(reads), wrk_median(floors)
         metrics = client.get("/metrics").text
         from_memory, from_database = (
             float(re.search(rf'ars_job_view_reads_total{{source="{source}"}} (\S+)', metrics).group(1))  # type: ignore[union-attr]
@@ -131,7 +97,7 @@ def run() -> dict[str, Any]:
             'wrk.headers["Content-Type"] = "application/json"\n'
         )
         progress("wrk POST /api/v1/jobs")
-        post = _wrk(f"{stack.base_url}/api/v1/jobs", stack.processes[0].pid, script)
+        post = wrk(f"{stack.base_url}/api/v1/jobs", stack.processes[0].pid, script)
         queue = redis.Redis.from_url(BENCH.redis_url)
 
         def counts() -> tuple[int, int]:

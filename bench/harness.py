@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -43,7 +44,7 @@ class BenchSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BENCH_", extra="ignore")
 
-    only: str = ""  # comma-separated module names (runs, pipeline, api, drain, memory, burst)
+    only: str = ""  # comma-separated module names (runs, pipeline, api, pages, drain, memory, burst)
     database_url: str = LOCAL_MARIADB
     redis_url: str = LOCAL_REDIS
     reps: int = 7  # interleaved repetitions of the trivial run and its baselines
@@ -52,6 +53,8 @@ class BenchSettings(BaseSettings):
     api_seconds: int = 6  # per wrk run; GET and its /health floor alternate api_reps times
     api_reps: int = 3
     api_connections: int = 16
+    pages_jobs: int = 60  # finished jobs behind the list page, each with pages_events events
+    pages_events: int = 1000
     drain_jobs: int = 200
     drain_max_jobs: int = 4
     memory_runs: int = 500  # runs by one worker for the growth figure (the drain's count towards it)
@@ -456,3 +459,51 @@ def print_table(title: str, rows: Sequence[Row]) -> None:
 def progress(message: str) -> None:
     sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
     sys.stderr.flush()
+
+
+# --- wrk -----------------------------------------------------------------------------------------------
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def _seconds(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+def wrk(url: str, server_pid: int, script: Path | None = None, headers: Sequence[str] = ()) -> dict[str, Any]:
+    """wrk's figures, and the API process's CPU time per request (a figure a busy machine disturbs less).
+    `headers`: `Name: value` lines sent with every request."""
+    cpu_before = cpu_times(server_pid).own
+    args = ["wrk", "-t1", f"-c{BENCH.api_connections}", f"-d{BENCH.api_seconds}s", "--latency", url]
+    for header in headers:
+        args[1:1] = ["-H", header]
+    if script is not None:
+        args[1:1] = ["-s", str(script)]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    cpu = cpu_times(server_pid).own - cpu_before
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    percentiles = {
+        int(q): _seconds(value) for q, value in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.MULTILINE)
+    }
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "req_per_s": rate,
+        "p50_s": percentiles[50],
+        "p99_s": percentiles[99],
+        "requests": total,
+        "non_2xx": int(errors.group(1)) if errors else 0,
+        "api_cpu_ms_per_request": cpu / max(total, 1) * 1000,
+        "raw": out,
+    }
+
+
+def wrk_median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each figure over repeated wrk runs (each run's own output kept under `runs`)."""
+    figures = ("req_per_s", "p50_s", "p99_s", "api_cpu_ms_per_request")
+    return {
+        **{name: statistics.median(run[name] for run in runs) for name in figures},
+        "non_2xx": sum(run["non_2xx"] for run in runs),
+        "runs": runs,
+    }

@@ -122,6 +122,8 @@ def service_env(database_url: str, redis_url: str, work_dir: Path, **extra: str)
         "PLAYBOOKS_DIR": str(TEST_PLAYBOOKS),
         "WORK_DIR": str(work_dir),
         "AUTH_DISABLED": "true",
+        # Only read when a test turns tokens on; each stack signs its console sessions with its own key.
+        "SESSION_SECRET": uuid.uuid4().hex + uuid.uuid4().hex,
         "LOG_FORMAT": "json",
         "QUEUE_NAME": f"arq:queue:test-{uuid.uuid4().hex[:8]}",
         "JOB_COMPLETION_WAIT": "5",
@@ -139,3 +141,10 @@ def ssh_programs() -> tuple[str, str] | None:
     sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
     keygen = shutil.which("ssh-keygen")
     return (sshd, keygen) if sshd and keygen else None
+
+
+def refuses_to_start(command: list[str], env: dict[str, str]) -> str:
+    """Runs a process that must exit by itself, unsuccessfully; returns what it said."""
+    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    return result.stderr

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     galaxy_token: SecretStr | None = None
     api_tokens: str | None = None
     auth_disabled: bool = False
+    # Keys that sign the console's session cookies, comma separated: the first signs, every one verifies
+    # (list a new key first to rotate, drop the old one a session lifetime later). Required with API_TOKENS.
+    session_secret: SecretStr | None = None
+    # How long a console login lasts.
+    session_max_age: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
     work_dir: Path = Path(tempfile.gettempdir())
 
     # The search path handed to Ansible (after the service's own Python environment).
@@ -232,6 +237,7 @@ class Settings(BaseSettings):
         values += [credential.get_secret_value() for credential in self._git_credentials.values()]
         if self.galaxy_token is not None:
             values.append(self.galaxy_token.get_secret_value())
+        values += self.session_keys()
         for path in (self.vault_password_file, self.ssh_private_key_file):
             if path is not None and path.is_file():
                 text = path.read_text(encoding="utf-8", errors="replace").strip()
@@ -254,11 +260,25 @@ class Settings(BaseSettings):
             )
         return self.redis_url
 
+    def session_keys(self) -> list[str]:
+        raw = self.session_secret.get_secret_value() if self.session_secret else ""
+        return [key.strip() for key in raw.split(",") if key.strip()]
+
     def check_auth(self) -> None:
         if not self.api_tokens and not self.auth_disabled:
             raise ConfigurationError(
                 "refusing to start an open API: set API_TOKENS, or AUTH_DISABLED=true for a private machine"
             )
+        if self.auth_disabled:
+            return
+        keys = self.session_keys()
+        if not keys:
+            raise ConfigurationError(
+                "SESSION_SECRET is not set: the console signs its login cookies with it "
+                "(`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            )
+        if any(len(key) < 32 for key in keys):
+            raise ConfigurationError("SESSION_SECRET: each key must be at least 32 characters")
 
 
 @lru_cache

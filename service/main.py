@@ -13,6 +13,7 @@ from service.api.errors import install_error_handlers
 from service.api.limits import BodyLimitMiddleware
 from service.api.stream import StreamAllowance
 from service.config import Settings, get_settings
+from service.console import routes as console
 from service.db import create_engine, session_factory
 from service.jobs.lifecycle import Lifecycle
 from service.jobs.views import JobViews
@@ -44,7 +45,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.queue = JobQueue(redis, settings)
         app.state.lifecycle = Lifecycle(app.state.sessions, redis, app.state.queue, settings)
         app.state.views = JobViews(
-            app.state.sessions, redis, settings.job_view_cache_size, api_metrics.job_view_reads
+            app.state.sessions,
+            redis,
+            settings.job_view_cache_size,
+            api_metrics.job_view_reads,
+            settings.queue_name,
         )
         # The live read loop's blocking XREAD holds a connection: it gets a pool of its own.
         live_redis = create_live_redis(settings)
@@ -75,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(queue.build_router(settings))
     app.include_router(stream.router)
+    app.include_router(console.router)
+    app.mount("/static", console.static_files, name="static")
     return app
 
 

@@ -38,6 +38,9 @@ from service.config import Settings
 from service.db import migrate
 from service.embedded import EmbeddedRedis, free_port
 
+# The browser tests' Chromium: its fixtures, its line in the header, its console checks.
+pytest_plugins = ("tests.support.browser",)
+
 
 class TestEnvironment(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TEST_", extra="ignore")

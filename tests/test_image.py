@@ -199,6 +199,11 @@ def test_image_runs_migration_api_and_worker_from_the_manifests(
 
         tokens = rendering.container_env(only_container(rendering.get("Deployment", "ansible-runner-api")))
         assert hashlib.sha256(DEV_RUN_TOKEN.encode()).hexdigest() in tokens["API_TOKENS"]
+        # With tokens on, the API started only because the manifests also gave it SESSION_SECRET, from the
+        # dev session Secret; the worker ran without it.
+        assert tokens["SESSION_SECRET"].startswith("dev-only-")
+        worker_container = only_container(rendering.get("Deployment", "ansible-runner-worker"))
+        assert "SESSION_SECRET" not in rendering.container_env(worker_container)
         keda_token = rendering.data(
             "Secret",
             next(

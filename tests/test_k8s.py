@@ -9,6 +9,7 @@ import importlib
 import json
 import os
 import re
+import secrets
 import shlex
 import socket
 import subprocess
@@ -42,6 +43,10 @@ KEDA_SCHEMA = json.loads((K8S / "schemas" / "keda-2.16.json").read_text())
 API, WORKER, MIGRATE = "ansible-runner-api", "ansible-runner-worker", "ansible-runner-migrate"
 # Settings whose defaults serve a developer's machine, never a cluster: the manifests must set them.
 CLUSTER_REQUIRED = {"DATABASE_URL", "REDIS_URL", "API_TOKENS"}
+# Settings of the API alone (with API_TOKENS, check_auth requires the session keys; only the API calls it),
+# from a Secret no other pod references: neither the worker, whose runs are operator code, nor the migration
+# ever holds them.
+API_ONLY = {"SESSION_SECRET"}
 # Files every run reads when the setting is set: a path to a missing file fails them all.
 RUN_FILES = ("SSH_PRIVATE_KEY_FILE", "VAULT_PASSWORD_FILE")
 TARGET_CREDENTIALS = "ansible-runner-target-credentials"
@@ -167,20 +172,63 @@ def test_settings_come_from_the_configmap_and_secret(
     for name in (API, WORKER):
         env = _env(rendering, name)
         assert env.keys() >= CLUSTER_REQUIRED
+        assert (env.keys() & API_ONLY) == (API_ONLY if name == API else set()), name
         providers = json.loads(env["GIT_PROVIDERS"])
         credentials = {provider["credential_env"] for provider in providers}
         # Every key means something to the service: a misspelt one would be ignored silently.
         assert env.keys() <= known | credentials, env.keys() - known - credentials
         settings = _settings_from(env, monkeypatch)
-        settings.check_auth()
         assert settings.require_redis_url()
         assert not settings.is_sqlite
         assert str(settings.work_dir).startswith("/var/lib/ars/")
+    # The API's authentication check (service.main.create_app; the worker makes none): tokens on, and keys
+    # to sign console sessions with. Prod's example Secret holds a placeholder, which must not start an API
+    # (a key everyone can read would let anyone forge a login); the operator's own key does.
+    env = _env(rendering, API)
+    if env["SESSION_SECRET"] == "REPLACE_ME":
+        with pytest.raises(ConfigurationError, match="at least 32 characters"):
+            _settings_from(env, monkeypatch).check_auth()
+        env["SESSION_SECRET"] = secrets.token_urlsafe(32)
+    settings = _settings_from(env, monkeypatch)
+    settings.check_auth()
+    assert settings.api_tokens and settings.session_keys()
     # The worker stops waiting for running runs before Kubernetes kills it, from one number.
     worker = rendering.get("Deployment", WORKER)
     grace = pod_spec(worker)["terminationGracePeriodSeconds"]
     settings = _settings_from(_env(rendering, WORKER), monkeypatch)
     assert settings.job_completion_wait == grace - SHUTDOWN_MARGIN > 0
+
+
+def test_only_the_api_holds_the_session_secret(overlay: tuple[str, Rendering]) -> None:
+    name, rendering = overlay
+    api = rendering.get("Deployment", API)
+    # By name from a Secret of its own, not optional: without it the pod does not start.
+    (ref,) = [
+        item["valueFrom"]["secretKeyRef"]
+        for item in only_container(api).get("env", [])
+        if item["name"] == "SESSION_SECRET"
+    ]
+    assert ref["key"] == "SESSION_SECRET" and not ref.get("optional", False)
+    session = ref["name"]
+    assert session.startswith("ansible-runner-session")
+    keys = rendering.data("Secret", session)
+    assert keys.keys() == {"SESSION_SECRET"}
+    if name == "dev":
+        # Committed on purpose, and marked as worthless outside a dev cluster like the other dev credentials.
+        assert keys["SESSION_SECRET"].startswith("dev-only-")
+    # No other Secret carries the key (envFrom would hand it to every pod that reads that Secret), and nothing
+    # but the API names the session Secret: the worker, the migration, the dev MariaDB and Redis, KEDA.
+    for secret in rendering.all("Secret"):
+        if secret["metadata"]["name"] != session:
+            assert "SESSION_SECRET" not in rendering.data("Secret", secret["metadata"]["name"])
+    for obj in rendering.objects + rendering.external:
+        if obj is not api and not (obj["kind"] == "Secret" and obj["metadata"]["name"] == session):
+            assert session not in json.dumps(obj), f"{obj['kind']}/{obj['metadata']['name']}"
+    for kind in ("Deployment", "StatefulSet", "Job"):
+        for obj in rendering.all(kind):
+            for container in pod_containers(obj):
+                held = "SESSION_SECRET" in rendering.container_env(container)
+                assert held == (obj is api), f"{obj['metadata']['name']}/{container['name']}"
 
 
 def test_every_credential_env_is_in_the_secret(overlay: tuple[str, Rendering]) -> None:

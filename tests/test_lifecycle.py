@@ -27,7 +27,7 @@ from service.config import Settings
 from service.db import create_engine, migrate, session_factory
 from service.jobs.lifecycle import Change, Lifecycle, Transaction, Transition
 from service.jobs.repository import JobRepository
-from service.live.publish import END_EVENT, stream_key, version_key
+from service.live.publish import DELETED, END_EVENT, list_version_key, stream_key, version_key
 from service.models import Job, JobStatus, utcnow
 from service.queue import JobQueue, create_redis
 from tests.support import Backends, fresh_database, job_row
@@ -48,6 +48,10 @@ class World:
 
     async def token(self, job_id: str) -> bytes | None:
         value: bytes | None = await self.redis.get(version_key(job_id))
+        return value
+
+    async def list_token(self) -> bytes | None:
+        value: bytes | None = await self.redis.get(list_version_key(self.queue_name))
         return value
 
     async def queued_in_arq(self, job_id: str) -> bool:
@@ -90,14 +94,16 @@ Act = Callable[[Transaction, Job], Awaitable[Any]]
 
 @dataclass(frozen=True)
 class Case:
-    """A change made on a job in `status`: the Change it must report, and whether GET /jobs/{id} shows it
-    (then its version token must be replaced after the commit)."""
+    """A change made on a job in `status`: the Change it must report, whether GET /jobs/{id} shows it
+    (then its version token must be replaced after the commit) and whether GET /jobs does (then the list
+    token must be)."""
 
     method: str
     status: JobStatus
     act: Act
     change: Change
     shown: bool = True
+    listed: bool = True
     fields: tuple[tuple[str, Any], ...] = ()
 
 
@@ -125,7 +131,14 @@ CASES = [
         lambda tx, job: tx.record_source(job.id, "a" * 40),
         Change.source_recorded,
     ),
-    Case("launch", JobStatus.running, lambda tx, job: tx.launch(job.id, "w1"), Change.launched, shown=False),
+    Case(
+        "launch",
+        JobStatus.running,
+        lambda tx, job: tx.launch(job.id, "w1"),
+        Change.launched,
+        shown=False,
+        listed=False,
+    ),
     Case(
         "record_events",
         JobStatus.running,
@@ -181,15 +194,19 @@ def test_a_change_is_announced_after_its_commit(database: str, backends: Backend
             job = job_row(case.status, **dict(case.fields))
             if case.change is not Change.submitted:
                 await w.insert(job)
-            before = await w.token(job.id)
+            before, list_before = await w.token(job.id), await w.list_token()
             async with w.lifecycle.transaction() as transaction:
                 await case.act(transaction, job)
                 # Nothing is said before the commit.
                 assert await w.token(job.id) == before
+                assert await w.list_token() == list_before
                 assert w.seen == []
             assert [(t.change, t.job_id) for t in w.seen] == [(case.change, job.id)]
             after = await w.token(job.id)
             assert (after != before) is case.shown
+            assert (await w.list_token() != list_before) is case.listed
+            # Kept pages of events outlive other changes, not a deletion: its token says so.
+            assert (after is not None and after.startswith(DELETED)) is (case.change is Change.deleted)
             if case.change in (Change.submitted, Change.requeued):
                 assert await w.queued_in_arq(job.id)
             entries = await w.redis.xrange(stream_key(job.id))
@@ -208,13 +225,14 @@ def test_a_rolled_back_change_is_not_announced(database: str, backends: Backends
             job = job_row(case.status, **dict(case.fields))
             if case.change is not Change.submitted:
                 await w.insert(job)
-            before = await w.token(job.id)
+            before, list_before = await w.token(job.id), await w.list_token()
             with pytest.raises(RuntimeError):
                 async with w.lifecycle.transaction() as transaction:
                     await case.act(transaction, job)
                     raise RuntimeError("rolled back")
             assert w.seen == []
             assert await w.token(job.id) == before
+            assert await w.list_token() == list_before
             assert not await w.queued_in_arq(job.id)
             assert await w.redis.xrange(stream_key(job.id)) == []
 

@@ -43,6 +43,7 @@ SERVICE_VARIABLES = (
     "DATABASE_URL",
     "REDIS_URL",
     "API_TOKENS",
+    "SESSION_SECRET",
     "GIT_PROVIDERS",
     "LAB_ACCESS",
     "ARS_SAMPLE_SECRET_TOKEN",
@@ -159,12 +160,15 @@ def secure(
         entries.append(entry)
     git_token = f"glpat-{uuid.uuid4().hex}"
     sample = f"sample-secret-{uuid.uuid4().hex}"
+    # The API's alone in a cluster; here the worker inherits it too, and must keep it from every run.
+    session_key = f"session-key-{uuid.uuid4().hex}"
     database_password = None if backends.is_sqlite else f"db-pass-{uuid.uuid4().hex}"
     stack = start_stack(
         database_password=database_password,
         KEEP_WORK_DIRS="true",
         AUTH_DISABLED="false",
         API_TOKENS=";\n".join(entries),
+        SESSION_SECRET=session_key,
         # A name that does not look secret: the value is known to be one because a provider names it.
         GIT_PROVIDERS=json.dumps(
             [{"type": "gitlab", "host": "gitlab.example", "credential_env": "LAB_ACCESS"}]
@@ -177,7 +181,7 @@ def secure(
         EXTRA_VARS_ALLOW='["ansible_python_interpreter"]',
     )
     key_lines = [line for line in sshd.client_key.read_text().splitlines() if "PRIVATE KEY" not in line]
-    secrets = [git_token, sample, VAULT_PASSWORD, *key_lines, *entries, *tokens.values()]
+    secrets = [git_token, sample, session_key, VAULT_PASSWORD, *key_lines, *entries, *tokens.values()]
     if database_password:
         secrets.append(database_password)
     yield Secure(
@@ -195,7 +199,9 @@ def runner(secure: Secure) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def runs(secure: Secure, runner: httpx.Client) -> dict[str, dict[str, Any]]:
-    echoed = [s for s in secure.secrets if s.startswith(("glpat-", "sample-secret-", "db-pass-"))]
+    echoed = [
+        s for s in secure.secrets if s.startswith(("glpat-", "sample-secret-", "session-key-", "db-pass-"))
+    ]
     requests: dict[str, dict[str, Any]] = {
         "env": {"playbook": "dump_env.yml", "inventory": "inventory/local1.yml"},
         "echo": {

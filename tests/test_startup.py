@@ -10,14 +10,7 @@ import httpx
 import pytest
 
 from service.embedded import free_port
-from tests.support import ROOT, WORKER_COMMAND, Backends, api_command, lone_api, service_env
-
-
-def refuses_to_start(command: list[str], env: dict[str, str]) -> str:
-    """Runs a process that must exit by itself, unsuccessfully; returns what it said."""
-    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0
-    return result.stderr
+from tests.support import ROOT, WORKER_COMMAND, Backends, api_command, lone_api, refuses_to_start, service_env
 
 
 def test_api_refuses_to_start_open(backends: Backends, tmp_path: Path) -> None:

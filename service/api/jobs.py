@@ -18,7 +18,6 @@ from service.jobs import service as jobs
 from service.jobs.repository import EventRepository, JobFilters
 from service.jobs.schemas import (
     LABEL_KEY,
-    EventOut,
     EventPage,
     JobOut,
     JobPage,
@@ -26,12 +25,39 @@ from service.jobs.schemas import (
     PlaybookList,
     PlaybookOut,
 )
+from service.jobs.views import View
 from service.models import JobStatus
 from service.sources.bundled import list_playbooks
 
 router = APIRouter(prefix="/api/v1")
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}\Z")
+
+IfNoneMatch = Annotated[
+    str | None,
+    Header(
+        description="the ETag of an earlier answer of this page: 304, without a body, while it is current"
+    ),
+]
+_NOT_MODIFIED: dict[int | str, dict[str, object]] = {
+    304: {"description": "the page is as it was when it had the ETag given in If-None-Match"}
+}
+
+
+def not_modified(etag: str, if_none_match: str) -> bool:
+    """If-None-Match holds `*` or our ETag (RFC 9110: a weak comparison, so `W/` is ignored)."""
+    for candidate in if_none_match.split(","):
+        tag = candidate.strip()
+        if tag == "*" or tag.removeprefix("W/") == etag:
+            return True
+    return False
+
+
+def _conditional(view: View, if_none_match: str | None) -> Response:
+    headers = {"ETag": view.etag}
+    if if_none_match is not None and not_modified(view.etag, if_none_match):
+        return Response(status_code=304, headers=headers)
+    return Response(view.body, media_type="application/json", headers=headers)
 
 
 @router.post("/jobs", status_code=202, response_model=JobOut, tags=["jobs"])
@@ -57,9 +83,9 @@ async def submit_job(
     return JobOut.of(job)
 
 
-@router.get("/jobs", response_model=JobPage, tags=["jobs"])
+@router.get("/jobs", response_model=JobPage, responses=_NOT_MODIFIED, tags=["jobs"])
 async def list_jobs(
-    session: SessionDep,
+    views: ViewsDep,
     _: ReadAccess,
     status: Annotated[list[JobStatus] | None, Query(description="repeat for several")] = None,
     playbook: Annotated[str | None, Query(max_length=512)] = None,
@@ -69,8 +95,10 @@ async def list_jobs(
     created_after: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> JobPage:
-    """Jobs, newest first, a page at a time."""
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    """Jobs, newest first, a page at a time. With an ETag: a poller's If-None-Match is answered 304 while
+    the page is unchanged."""
     labels = []
     for item in label or []:
         key, sep, value = item.partition("=")
@@ -87,8 +115,9 @@ async def list_jobs(
         labels=labels,
         created_after=created_after,
     )
-    items, next_cursor = await jobs.list_jobs(session, filters, limit=limit, cursor=cursor)
-    return JobPage(items=[JobOut.of(job) for job in items], next_cursor=next_cursor)
+    # The JSON of JobPage, from memory while no job changed (service/jobs/views.py).
+    page = await views.job_list(filters, limit=limit, cursor=cursor)
+    return _conditional(page, if_none_match)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"])
@@ -103,16 +132,19 @@ async def cancel_job(job_id: JobId, session: SessionDep, lifecycle: LifecycleDep
     return JobOut.of(await jobs.cancel(session, lifecycle, job_id))
 
 
-@router.get("/jobs/{job_id}/events", response_model=EventPage, tags=["jobs"])
+@router.get("/jobs/{job_id}/events", response_model=EventPage, responses=_NOT_MODIFIED, tags=["jobs"])
 async def job_events(
     job_id: JobId,
-    session: SessionDep,
+    views: ViewsDep,
     _: ReadAccess,
     after: Annotated[int, Query(ge=0, le=2**31 - 1, description="return events with seq > after")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> EventPage:
-    rows = await jobs.events(session, job_id, after=after, limit=limit)
-    return EventPage(items=[EventOut.of(row) for row in rows])
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    """Events in order, a page at a time. With an ETag, as the list."""
+    # The JSON of EventPage, from memory while the job has not changed or the page is full.
+    page = await views.events(job_id, after=after, limit=limit)
+    return _conditional(page, if_none_match)
 
 
 @router.get(

@@ -49,9 +49,10 @@ def dev(port: int) -> int:
         processes = {"API": api, "worker": worker}
         base = f"http://127.0.0.1:{port}"
         say(
-            f"\nars dev: API on {base} (docs: {base}/docs), one worker, database {settings.database_url},"
+            f"\nars dev: the console is at {base}/\n"
+            f"API on {base}/api/v1 (docs: {base}/docs), one worker, database {settings.database_url},"
             f" Redis {redis_url}\n"
-            "Run a first playbook:\n"
+            "Run a first playbook from the console, or:\n"
             f"  curl -s -X POST {base}/api/v1/jobs -H 'Content-Type: application/json' \\\n"
             '       -d \'{"playbook": "hello.yml", "inventory": "inventory/localhost.yml"}\'\n'
             f"  curl -s {base}/api/v1/jobs            # then GET /api/v1/jobs/<id>/stdout\n"

@@ -5,7 +5,8 @@ concurrent writers one wins. Changes are made inside `Lifecycle.transaction()`. 
 runs once its transaction has committed, and not at all when it rolls back:
 
 - in Redis, in one round trip (service/live/publish.py): the job's new version token, which GET /jobs/{id}
-  is answered under; newly stored events and the end of a run on the job's live stream;
+  and its pages of events are answered under; the job list's new token, which GET /jobs pages are answered
+  under; newly stored events and the end of a run on the job's live stream;
 - in arq: queue a submitted or requeued run, forget the entry of a run whose worker is gone, tell the
   worker of a running job to cancel it;
 - the hooks other modules register: `on_change` runs inside the transaction (to write rows of their own
@@ -38,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from service.config import Settings
 from service.faults import REDIS_UNAVAILABLE, retry, transient_db
 from service.jobs.repository import EventRepository, JobRepository
-from service.live.publish import Announcements, announce
+from service.live.publish import Announcements, announce, list_version_key
 from service.models import Job, JobStatus
 from service.queue import JobQueue
 
@@ -97,11 +98,20 @@ class Transaction:
         self.transitions: list[Transition] = []
         self._followups = _Followups()
 
-    async def _changed(self, transition: Transition, *, shown: bool = True) -> None:
-        """Record a change; `shown`: the job as GET /jobs/{id} shows it changed (a new version token)."""
+    async def _changed(
+        self, transition: Transition, *, shown: bool = True, listed: bool | None = None
+    ) -> None:
+        """Record a change; `shown`: the job as GET /jobs/{id} or its events show it changed (a new version
+        token); `listed`: GET /jobs shows it (a new list token; by default when `shown`)."""
         self.transitions.append(transition)
+        announcements = self._followups.announcements
         if shown:
-            self._followups.announcements.changed.append(transition.job_id)
+            tokens = announcements.deleted if transition.change is Change.deleted else announcements.changed
+            tokens.append(transition.job_id)
+        if listed is None:
+            listed = shown
+        if listed:
+            announcements.listed = True
         for hook in self._lifecycle.in_transaction:
             await hook(self.session, transition)
 
@@ -109,8 +119,10 @@ class Transaction:
         """A new run, `queued`, queued in arq after the commit (the sweeper queues it if Redis is away)."""
         await self.jobs.add(job)
         self._followups.enqueue.append(job)
-        # Nothing kept a view of a job that did not exist.
-        await self._changed(Transition(Change.submitted, job.id, JobStatus.queued, job), shown=False)
+        # Nothing kept a view of a job that did not exist; lists gain it.
+        await self._changed(
+            Transition(Change.submitted, job.id, JobStatus.queued, job), shown=False, listed=True
+        )
 
     async def claim(self, job_id: str, worker_id: str) -> Job | None:
         """queued → running for this worker; None if it was canceled or taken meanwhile."""
@@ -134,7 +146,8 @@ class Transaction:
         return True
 
     async def record_events(self, job_id: str, rows: Sequence[dict[str, Any]], last_seq: int) -> None:
-        """A batch of stored events (and the job's event count), then on its live stream."""
+        """A batch of stored events (and the job's event count, which lists show), then on its live
+        stream."""
         await EventRepository(self.session).add_batch(job_id, rows, last_seq)
         self._followups.announcements.events[job_id] = [
             {key: value for key, value in row.items() if key != "job_id"} for row in rows
@@ -190,7 +203,8 @@ class Transaction:
         return None
 
     async def delete(self, job_ids: Sequence[str]) -> int:
-        """Finished jobs whose events are deleted already (retention)."""
+        """Finished jobs whose events are deleted already (retention). Their tokens say so: the API drops
+        even the pages of events it keeps across other changes."""
         deleted = await self.jobs.delete(job_ids)
         for job_id in job_ids:
             await self._changed(Transition(Change.deleted, job_id))
@@ -257,9 +271,15 @@ class Lifecycle:
         steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
         if followups.announcements:
             ttl, maxlen = settings.stream_ttl_after_end, settings.stream_maxlen
-            steps.append(
-                ("announce", partial(announce, self._redis, followups.announcements, maxlen=maxlen, ttl=ttl))
+            announced = partial(
+                announce,
+                self._redis,
+                followups.announcements,
+                maxlen=maxlen,
+                ttl=ttl,
+                list_key=list_version_key(settings.queue_name),
             )
+            steps.append(("announce", announced))
         # arq keeps a dead run's entry (and counts it as in flight) until its lock expires.
         steps += [("forget in arq", partial(self._queue.forget, job_id)) for job_id in followups.forget]
         steps += [

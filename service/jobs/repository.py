@@ -49,6 +49,10 @@ class JobRepository:
         result = await self.session.execute(sa.select(_JOB_TABLE).where(_JOB_TABLE.c.id == job_id))
         return result.mappings().one_or_none()
 
+    async def exists(self, job_id: str) -> bool:
+        result = await self.session.execute(sa.select(_JOB_TABLE.c.id).where(_JOB_TABLE.c.id == job_id))
+        return result.first() is not None
+
     async def get_by_idempotency_key(self, submitted_by: str, key: str) -> Job | None:
         result = await self.session.execute(
             sa.select(Job).where(col(Job.submitted_by) == submitted_by, col(Job.idempotency_key) == key)
@@ -64,28 +68,33 @@ class JobRepository:
         )
 
     async def list(
-        self, filters: JobFilters, *, limit: int, before: tuple[datetime, str] | None
-    ) -> Sequence[Job]:
-        """Newest first; `before` is the (created_at, id) of the last job of the previous page."""
-        query = sa.select(Job)
+        self,
+        filters: JobFilters,
+        *,
+        columns: Sequence[str],
+        limit: int,
+        before: tuple[datetime, str] | None,
+    ) -> Sequence[sa.RowMapping]:
+        """These columns of jobs, newest first; `before` is the (created_at, id) of the last job of the
+        previous page. Core, and only the columns asked for: a page of the list is read for every poll of a
+        list that changed."""
+        job = _JOB_TABLE.c
+        query = sa.select(*(job[name] for name in columns))
         if filters.statuses:
-            query = query.where(col(Job.status).in_(filters.statuses))
+            query = query.where(job.status.in_(filters.statuses))
         if filters.playbook:
-            query = query.where(col(Job.playbook) == filters.playbook)
+            query = query.where(job.playbook == filters.playbook)
         for key, value in filters.labels:
-            query = query.where(sa.type_coerce(Job.labels, sa.JSON)[key].as_string() == value)
+            query = query.where(sa.type_coerce(job.labels, sa.JSON)[key].as_string() == value)
         if filters.created_after:
-            query = query.where(col(Job.created_at) > filters.created_after)
+            query = query.where(job.created_at > filters.created_after)
         if before:
             created_at, job_id = before
             query = query.where(
-                sa.or_(
-                    col(Job.created_at) < created_at,
-                    sa.and_(col(Job.created_at) == created_at, col(Job.id) < job_id),
-                )
+                sa.or_(job.created_at < created_at, sa.and_(job.created_at == created_at, job.id < job_id))
             )
-        query = query.order_by(col(Job.created_at).desc(), col(Job.id).desc()).limit(limit)
-        return (await self.session.execute(query)).scalars().all()
+        query = query.order_by(job.created_at.desc(), job.id.desc()).limit(limit)
+        return (await self.session.execute(query)).mappings().all()
 
     async def cancel_queued(self, job_id: str) -> bool:
         """queued → canceled, if it is still queued (a worker claiming it at the same time wins or loses)."""
@@ -294,6 +303,26 @@ class EventRepository:
             sa.select(sa.func.max(JobEvent.seq)).where(col(JobEvent.job_id) == job_id)
         )
         return int(result.scalar_one_or_none() or 0)
+
+    async def page(
+        self, job_id: str, *, columns: Sequence[str], after: int, limit: int
+    ) -> Sequence[sa.RowMapping] | None:
+        """These columns of the job's events with seq > after, in order; None when there is no such job.
+
+        Events only exist with their job (retention deletes them first): the job's row is read only for an
+        empty page. (Joined to the job in one statement, MariaDB sorts every later event of the job.)
+        """
+        event = _EVENT_TABLE.c
+        query = (
+            sa.select(*(event[name] for name in columns))
+            .where(event.job_id == job_id, event.seq > after)
+            .order_by(event.seq)
+            .limit(limit)
+        )
+        rows = (await self.session.execute(query)).mappings().all()
+        if not rows and not await JobRepository(self.session).exists(job_id):
+            return None
+        return rows
 
     async def after(self, job_id: str, after: int, limit: int) -> Sequence[JobEvent]:
         query = (

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
+from pydantic_core import to_json
 
 from service.errors import CONTROL, shown
 from service.jobs.hosts import check_limit
@@ -213,6 +214,39 @@ class EventOut(BaseModel):
 
 class EventPage(BaseModel):
     items: list[EventOut]
+
+
+# Pages of the list and of events are read for every poll of a page that changed: their JSON is made from
+# the rows directly, without a model validated per row. The rows are the service's own, stored through the
+# models above; tests/unit/test_pages.py holds the bytes equal to the models' JSON.
+JOB_COLUMNS = tuple(JobOut.model_fields)
+EVENT_COLUMNS = tuple(EventOut.model_fields)
+_HOST_STATS = tuple(HostStats.model_fields)
+
+
+def _job_item(row: Mapping[Any, Any]) -> dict[str, Any]:
+    item = {name: row[name] for name in JOB_COLUMNS}
+    for stamp in ("created_at", "started_at", "finished_at"):
+        item[stamp] = _utc(item[stamp])
+    if item["host_stats"] is not None:
+        item["host_stats"] = {
+            host: {key: counts.get(key, 0) for key in _HOST_STATS}
+            for host, counts in item["host_stats"].items()
+        }
+    return item
+
+
+def job_page_json(rows: Sequence[Mapping[Any, Any]], next_cursor: str | None) -> bytes:
+    """JobPage's JSON from rows of JOB_COLUMNS."""
+    return to_json(
+        {"items": [_job_item(row) for row in rows], "next_cursor": next_cursor}, inf_nan_mode="null"
+    )
+
+
+def event_page_json(rows: Sequence[Mapping[Any, Any]]) -> bytes:
+    """EventPage's JSON from rows of EVENT_COLUMNS."""
+    items = [{name: row[name] for name in EVENT_COLUMNS} | {"created": _utc(row["created"])} for row in rows]
+    return to_json({"items": items}, inf_nan_mode="null")
 
 
 class PlaybookOut(BaseModel):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import structlog
@@ -17,8 +16,15 @@ from service.errors import Conflict, InvalidRequest, NotFound
 from service.jobs.checks import check_job
 from service.jobs.lifecycle import Lifecycle
 from service.jobs.repository import EventRepository, JobFilters, JobRepository
-from service.jobs.schemas import JobOut, JobRequest
-from service.models import Job, JobEvent, JobStatus, utcnow
+from service.jobs.schemas import (
+    EVENT_COLUMNS,
+    JOB_COLUMNS,
+    JobOut,
+    JobRequest,
+    event_page_json,
+    job_page_json,
+)
+from service.models import Job, JobStatus, utcnow
 from service.queue import JobQueue
 
 log = structlog.get_logger(__name__)
@@ -111,8 +117,9 @@ async def cancel(session: AsyncSession, lifecycle: Lifecycle, job_id: str) -> Jo
     return job
 
 
-def encode_cursor(job: Job) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+def encode_cursor(created_at: datetime, job_id: str) -> str:
+    """Where the next page of the list starts: after the job created at `created_at` with this id."""
+    raw = f"{created_at.isoformat()}|{job_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -125,20 +132,24 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise InvalidRequest("cursor: not a cursor returned by this API") from None
 
 
-async def list_jobs(
-    session: AsyncSession, filters: JobFilters, *, limit: int, cursor: str | None
-) -> tuple[Sequence[Job], str | None]:
+async def job_page(session: AsyncSession, filters: JobFilters, *, limit: int, cursor: str | None) -> bytes:
+    """A page of the list, newest first, as the JSON of JobPage."""
     before = decode_cursor(cursor) if cursor else None
-    jobs = await JobRepository(session).list(filters, limit=limit + 1, before=before)
-    if len(jobs) > limit:
-        jobs = jobs[:limit]
-        return jobs, encode_cursor(jobs[-1])
-    return jobs, None
+    rows = await JobRepository(session).list(filters, columns=JOB_COLUMNS, limit=limit + 1, before=before)
+    if len(rows) > limit:
+        rows = rows[:limit]
+        return job_page_json(rows, encode_cursor(rows[-1]["created_at"], rows[-1]["id"]))
+    return job_page_json(rows, None)
 
 
-async def events(session: AsyncSession, job_id: str, *, after: int, limit: int) -> Sequence[JobEvent]:
-    await get(session, job_id)
-    return await EventRepository(session).after(job_id, after, limit)
+async def event_page(session: AsyncSession, job_id: str, *, after: int, limit: int) -> tuple[bytes, bool]:
+    """The job's events with seq > after, as the JSON of EventPage, and whether the page is full: events
+    are stored contiguous from 1 and never changed, so a full page stays as it is until the job is deleted.
+    NotFound for an unknown job."""
+    rows = await EventRepository(session).page(job_id, columns=EVENT_COLUMNS, after=after, limit=limit)
+    if rows is None:
+        raise NotFound(f"no job {job_id}")
+    return event_page_json(rows), len(rows) == limit
 
 
 async def requeue_stranded(session: AsyncSession, queue: JobQueue, *, older_than_s: float) -> int:

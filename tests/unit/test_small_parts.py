@@ -11,7 +11,6 @@ import pytest
 from service.api.limits import json_depth
 from service.errors import InvalidRequest, shown
 from service.jobs.service import decode_cursor, encode_cursor
-from service.models import Job
 from service.runner.events import EventChannel
 
 
@@ -24,8 +23,8 @@ def test_json_depth_ignores_brackets_inside_strings(body: bytes, depth: int) -> 
 
 
 def test_a_cursor_round_trips_and_a_forged_one_is_refused() -> None:
-    job = Job(id="j1", created_at=datetime(2026, 12, 1, 10, 0, 0, 123456))  # type: ignore[call-arg]
-    assert decode_cursor(encode_cursor(job)) == (job.created_at, "j1")
+    created_at = datetime(2026, 12, 1, 10, 0, 0, 123456)
+    assert decode_cursor(encode_cursor(created_at, "j1")) == (created_at, "j1")
     with pytest.raises(InvalidRequest, match="cursor"):
         decode_cursor("not-a-cursor")
 
