@@ -98,6 +98,25 @@ def test_running_job_streams_every_event_once_then_end(client: httpx.Client, tmp
     assert received[-1].json()["status"] == "successful"
 
 
+def test_a_brief_stream_is_every_event_without_its_data(client: httpx.Client, tmp_path: Path) -> None:
+    """Live and replayed: `brief=true` leaves out `data` and nothing else."""
+    job, gate = gated_job(client, tmp_path)
+    with client.stream("GET", f"/api/v1/jobs/{job['id']}/stream", params={"brief": "true"}) as response:
+        stream = messages(response.iter_lines())
+        live = list(itertools.islice(stream, BEFORE_GATE))
+        gate.touch()
+        live.extend(stream)
+    stored = [
+        {key: value for key, value in event.items() if key != "data"}
+        for event in all_events(client, job["id"])
+    ]
+    assert any(event["stdout"] for event in stored)
+    for received in (live, read_stream(client, job["id"], brief="true")):
+        assert [m.json() for m in received[:-1]] == stored
+        assert [m.id for m in received[:-1]] == [str(event["seq"]) for event in stored]
+        assert received[-1].event == "end"
+
+
 def test_a_quiet_stream_gets_keepalive_comments(client: httpx.Client, tmp_path: Path) -> None:
     job, gate = gated_job(client, tmp_path)
     with client.stream("GET", f"/api/v1/jobs/{job['id']}/stream") as response:

@@ -84,6 +84,9 @@ async def stream_job(
     principal: ReadAccess,
     after: Annotated[int, Query(ge=0, description="send events with seq > after")] = 0,
     last_event_id: Annotated[str | None, Header(description="resume after this seq; wins over after")] = None,
+    brief: Annotated[
+        bool, Query(description="leave out each event's `data` (for a reader that shows the output only)")
+    ] = False,
 ) -> EventSourceResponse:
     """One message per event (`id: seq`, `event: name`, `data:` the /events item), replayed then live,
     then `event: end` with the finished job, then the response ends."""
@@ -97,11 +100,15 @@ async def stream_job(
     release = allowance.take(principal.name)
 
     async def messages() -> AsyncIterator[ServerSentEvent]:
-        async for item in follow_job(request.app.state.sessions, hub, job_id, after=after, timing=timing):
+        followed = follow_job(
+            request.app.state.sessions, hub, job_id, after=after, timing=timing, brief=brief
+        )
+        async for item in followed:
             if isinstance(item, JobEnd):
                 yield ServerSentEvent(data=item.job.model_dump_json(), event="end")
             else:
-                yield ServerSentEvent(data=item.data, event=item.event, id=str(item.seq))
+                data = item.brief if brief else item.data
+                yield ServerSentEvent(data=data, event=item.event, id=str(item.seq))
 
     return _CountedStream(messages(), ping=settings.stream_keepalive, sep="\n", release=release)
 

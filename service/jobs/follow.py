@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from service.errors import NotFound
 from service.faults import Backoff, retry, transient_db
 from service.jobs.repository import EventRepository, JobRepository
-from service.jobs.schemas import EventOut, JobOut
+from service.jobs.schemas import BRIEF_EVENT_COLUMNS, EVENT_COLUMNS, JobOut, brief_event_json, event_json
 from service.live.hub import LiveEnd, LiveEvent, LiveHub
 from service.models import JobStatus
 
@@ -55,10 +55,16 @@ async def _finished_job(sessions: async_sessionmaker[AsyncSession], job_id: str)
     return JobOut.of(job) if JobStatus(job.status).finished else None
 
 
-async def _page(sessions: async_sessionmaker[AsyncSession], job_id: str, after: int) -> list[LiveEvent]:
+async def _page(
+    sessions: async_sessionmaker[AsyncSession], job_id: str, after: int, brief: bool
+) -> list[LiveEvent]:
+    columns = BRIEF_EVENT_COLUMNS if brief else EVENT_COLUMNS
     async with sessions() as session:
-        rows = await EventRepository(session).after(job_id, after, _PAGE)
-    return [LiveEvent(row.seq, row.event, EventOut.of(row).model_dump_json()) for row in rows]
+        rows = await EventRepository(session).page(job_id, columns=columns, after=after, limit=_PAGE)
+    # An unknown job's empty page: _finished_job, read before each catch-up, says it is gone.
+    if brief:
+        return [LiveEvent(row["seq"], row["event"], "", brief_event_json(row)) for row in rows or ()]
+    return [LiveEvent(row["seq"], row["event"], event_json(row), "") for row in rows or ()]
 
 
 async def _patiently(read: Callable[[], Awaitable[T]], job_id: str) -> T:
@@ -75,8 +81,10 @@ async def follow_job(
     *,
     after: int,
     timing: FollowTiming,
+    brief: bool = False,
 ) -> AsyncGenerator[FollowItem, None]:
-    """Every event with seq > `after`, exactly once and in order, then the finished job."""
+    """Every event with seq > `after`, exactly once and in order, then the finished job. `brief`: the events
+    need only their `brief` JSON (their `data` JSON is not made)."""
     last = after
     async with hub.subscribe(job_id) as live:
         catch_up = True
@@ -86,7 +94,7 @@ async def follow_job(
                 # finished, so a finished job's events read after it are all of them.
                 finished = await _patiently(functools.partial(_finished_job, sessions, job_id), job_id)
                 while True:
-                    page = await _patiently(functools.partial(_page, sessions, job_id, last), job_id)
+                    page = await _patiently(functools.partial(_page, sessions, job_id, last, brief), job_id)
                     for event in page:
                         yield event
                         last = event.seq

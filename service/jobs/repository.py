@@ -324,15 +324,6 @@ class EventRepository:
             return None
         return rows
 
-    async def after(self, job_id: str, after: int, limit: int) -> Sequence[JobEvent]:
-        query = (
-            sa.select(JobEvent)
-            .where(col(JobEvent.job_id) == job_id, col(JobEvent.seq) > after)
-            .order_by(col(JobEvent.seq))
-            .limit(limit)
-        )
-        return (await self.session.execute(query)).scalars().all()
-
     async def stdout_after(self, job_id: str, after: int, limit: int) -> Sequence[tuple[int, str]]:
         query = (
             sa.select(col(JobEvent.seq), col(JobEvent.stdout))

@@ -243,10 +243,27 @@ def job_page_json(rows: Sequence[Mapping[Any, Any]], next_cursor: str | None) ->
     )
 
 
+def _event_item(row: Mapping[Any, Any]) -> dict[str, Any]:
+    return {name: row[name] for name in EVENT_COLUMNS} | {"created": _utc(row["created"])}
+
+
 def event_page_json(rows: Sequence[Mapping[Any, Any]]) -> bytes:
     """EventPage's JSON from rows of EVENT_COLUMNS."""
-    items = [{name: row[name] for name in EVENT_COLUMNS} | {"created": _utc(row["created"])} for row in rows]
-    return to_json({"items": items}, inf_nan_mode="null")
+    return to_json({"items": [_event_item(row) for row in rows]}, inf_nan_mode="null")
+
+
+def event_json(row: Mapping[Any, Any]) -> str:
+    """EventOut's JSON from a row of EVENT_COLUMNS (a message of the live stream)."""
+    return to_json(_event_item(row), inf_nan_mode="null").decode()
+
+
+BRIEF_EVENT_COLUMNS = tuple(name for name in EVENT_COLUMNS if name != "data")
+
+
+def brief_event_json(row: Mapping[Any, Any]) -> str:
+    """EventOut's JSON without `data`, from a row of BRIEF_EVENT_COLUMNS (a brief stream's message)."""
+    item = {name: row[name] for name in BRIEF_EVENT_COLUMNS} | {"created": _utc(row["created"])}
+    return to_json(item, inf_nan_mode="null").decode()
 
 
 class PlaybookOut(BaseModel):

@@ -41,11 +41,13 @@ def create_live_redis(settings: Settings) -> Redis:
 
 @dataclass(frozen=True)
 class LiveEvent:
-    """One stored event as a stream reader sends it: `data` is the JSON of the /events item."""
+    """One stored event as a stream reader sends it: `data` is the JSON of the /events item; `brief` the same
+    without its `data` field (for readers that show the output only)."""
 
     seq: int
     event: str
     data: str
+    brief: str
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,12 @@ def _decode_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> LiveItem:
     # The worker writes the stored row; readers get exactly what GET /events returns for it.
     raw["created"] = datetime.fromisoformat(raw["created"]).replace(tzinfo=UTC)
     item = EventOut.model_validate(raw)
-    return LiveEvent(seq=item.seq, event=item.event, data=item.model_dump_json())
+    return LiveEvent(
+        seq=item.seq,
+        event=item.event,
+        data=item.model_dump_json(),
+        brief=item.model_dump_json(exclude={"data"}),
+    )
 
 
 class Subscription:

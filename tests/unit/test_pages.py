@@ -17,6 +17,8 @@ from service.jobs.schemas import (
     EventPage,
     JobOut,
     JobPage,
+    brief_event_json,
+    event_json,
     event_page_json,
     job_page_json,
 )
@@ -113,8 +115,10 @@ def test_a_page_of_events_is_the_models_json_byte_for_byte() -> None:
     assert event_page_json(rows) == model.model_dump_json().encode()
     assert event_page_json([]) == b'{"items":[]}'
     # The live stream's events (service/jobs/follow.py) are the same items.
-    item = EventOut.of(JobEvent(job_id="j", **rows[0])).model_dump_json().encode()
-    assert event_page_json(rows[:1]) == b'{"items":[' + item + b"]}"
+    for row in rows:
+        item_model = EventOut.of(JobEvent(job_id="j", **row))
+        assert event_json(row) == item_model.model_dump_json()
+        assert brief_event_json(row) == item_model.model_dump_json(exclude={"data"})
     assert set(EVENT_COLUMNS) == set(_event(1))
 
 

@@ -11,6 +11,7 @@ const POLL_MS = 2000;
 // The output keeps at most this many lines in the page; earlier ones are dropped from view (the whole
 // output stays a download away), so a long run never makes the page slow.
 const MAX_OUTPUT_LINES = 5000;
+const CHUNK_LINES = 200;
 // Time spent drawing lines per animation frame: a replay of a long output is drawn in slices and the page
 // stays usable meanwhile.
 const DRAW_BUDGET_MS = 8;
@@ -229,13 +230,14 @@ function requestOf(job) {
 function jobPage() {
   let job = JSON.parse(document.getElementById("job-data").textContent);
   const canRun = document.body.dataset.canRun === "true";
-  const output = document.getElementById("output");
+  // The output box lays its content out from the bottom (CSS column-reverse): it stays at the end as lines
+  // are added unless the reader scrolled up, with no script reading the layout.
+  const output = document.getElementById("output-lines");
   const ansi = new AnsiState();
   const pending = [];
   const events = [];
   let lastSeq = 0;
   let trimmed = 0;
-  let following = true;
   let drawing = false;
   // "ended" is told once the last line is drawn, not when the stream's end arrives.
   let streamEnded = false;
@@ -279,7 +281,10 @@ function jobPage() {
     document.getElementById("recap-empty").hidden = true;
   }
 
-  // Output: lines wait in `pending` and are drawn a slice per frame.
+  // Output: lines wait in `pending` and are drawn a slice per frame, into blocks of CHUNK_LINES lines (the
+  // browser lays out and paints only the blocks in view; the oldest block goes as a whole).
+  let shown = 0;
+
   function addOutput(text) {
     if (!text) return;
     for (const line of text.replace(/\r\n/g, "\n").split("\n")) pending.push(line);
@@ -287,43 +292,51 @@ function jobPage() {
       // They would be dropped from the page as soon as drawn: skip drawing them at all.
       const skipped = pending.length - MAX_OUTPUT_LINES;
       for (const line of pending.splice(0, skipped)) ansi.consume(line);
-      trimmed += skipped + output.childElementCount;
+      dropped(skipped + shown);
+      shown = 0;
       output.replaceChildren();
     }
     if (!drawing) {
+      // The first slice goes in at once; the rest, if any, a frame at a time.
       drawing = true;
-      requestAnimationFrame(draw);
+      queueMicrotask(draw);
     }
   }
 
-  function draw() {
-    const fragment = document.createDocumentFragment();
-    const until = performance.now() + DRAW_BUDGET_MS;
-    let drawn = 0;
-    while (drawn < pending.length && (drawn % 64 !== 0 || performance.now() < until)) {
-      fragment.append(renderLine(pending[drawn], ansi));
-      drawn += 1;
-    }
-    pending.splice(0, drawn);
-    output.append(fragment);
-    let excess = output.childElementCount - MAX_OUTPUT_LINES;
-    trimmed += Math.max(0, excess);
-    while (excess-- > 0) output.firstChild.remove();
+  function dropped(count) {
+    trimmed += count;
     const note = document.getElementById("output-trimmed");
     note.hidden = trimmed === 0;
     note.textContent = `The first ${trimmed} lines are not shown here: download the output for all of it.`;
-    if (following) output.scrollTop = output.scrollHeight;
+  }
+
+  function draw() {
+    const until = performance.now() + DRAW_BUDGET_MS;
+    let drawn = 0;
+    while (drawn < pending.length && (drawn % 64 !== 0 || performance.now() < until)) {
+      let chunk = output.lastElementChild;
+      if (!chunk || chunk.childElementCount >= CHUNK_LINES) chunk = output.appendChild(el("div", { className: "chunk" }));
+      const room = Math.min(CHUNK_LINES - chunk.childElementCount, pending.length - drawn, 64);
+      const fragment = document.createDocumentFragment();
+      for (const line of pending.slice(drawn, drawn + room)) fragment.append(renderLine(line, ansi));
+      chunk.append(fragment);
+      drawn += room;
+    }
+    pending.splice(0, drawn);
+    shown += drawn;
+    while (output.firstElementChild && shown - output.firstElementChild.childElementCount >= MAX_OUTPUT_LINES) {
+      const oldest = output.firstElementChild;
+      shown -= oldest.childElementCount;
+      dropped(oldest.childElementCount);
+      oldest.remove();
+    }
     if (pending.length) requestAnimationFrame(draw);
     else {
       drawing = false;
-      output.dataset.lines = String(trimmed + output.childElementCount);
+      output.dataset.lines = String(trimmed + shown);
       if (streamEnded) setStreamState("ended");
     }
   }
-
-  output.addEventListener("scroll", () => {
-    following = output.scrollTop + output.clientHeight >= output.scrollHeight - 8;
-  });
 
   // Events: kept as data, drawn when the list is open.
   const eventHost = document.getElementById("event-host");
@@ -378,7 +391,7 @@ function jobPage() {
     for (;;) {
       let ended = false;
       try {
-        const response = await fetch(`/api/v1/jobs/${job.id}/stream?after=${lastSeq}`, {
+        const response = await fetch(`/api/v1/jobs/${job.id}/stream?brief=true&after=${lastSeq}`, {
           credentials: "same-origin",
           headers: { Accept: "text/event-stream" },
         });
@@ -423,27 +436,40 @@ function jobPage() {
       const { value, done } = await reader.read();
       if (done) return false;
       buffer += value.replace(/\r\n?/g, "\n");
+      // Messages are cut out by position: the buffer is copied once per chunk, not once per message.
+      let start = 0;
       let end;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const block = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        const message = { event: "message", data: [] };
-        for (const line of block.split("\n")) {
-          const colon = line.indexOf(":");
-          if (colon === 0) continue; // a keep-alive comment
-          const field = colon < 0 ? line : line.slice(0, colon);
-          const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
-          if (field === "event") message.event = value;
-          else if (field === "data") message.data.push(value);
-        }
-        if (!message.data.length) continue;
-        message.data = message.data.join("\n");
-        if (handle(message)) {
+      let since = performance.now();
+      while ((end = buffer.indexOf("\n\n", start)) >= 0) {
+        const message = parseMessage(buffer.slice(start, end));
+        start = end + 2;
+        if (message && handle(message)) {
           reader.cancel().catch(() => {});
           return true;
         }
+        if (performance.now() - since > DRAW_BUDGET_MS) {
+          // A large chunk of a replay: let the page draw and answer its reader in between.
+          await new Promise((resolve) => setTimeout(resolve, 0));
+          since = performance.now();
+        }
       }
+      buffer = buffer.slice(start);
     }
+  }
+
+  function parseMessage(block) {
+    const message = { event: "message", data: [] };
+    for (const line of block.split("\n")) {
+      const colon = line.indexOf(":");
+      if (colon === 0) continue; // a keep-alive comment
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+      if (field === "event") message.event = value;
+      else if (field === "data") message.data.push(value);
+    }
+    if (!message.data.length) return null;
+    message.data = message.data.join("\n");
+    return message;
   }
 
   // Status and timings while the run goes on (the stream carries output, not state changes).
