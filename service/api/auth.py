@@ -32,6 +32,9 @@ class Principal:
     name: str
     scopes: frozenset[str]
 
+    def may(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
 
 ANONYMOUS = Principal(name="anonymous", scopes=frozenset(SCOPES))
 
@@ -101,12 +104,12 @@ class Authenticator:
             raise Unauthorized("unknown token")
         return entry.principal
 
-    def login(self, token: str) -> tuple[Principal, str] | None:
-        """The principal of a token typed into the login form and the session cookie for it; None if wrong."""
+    def login(self, token: str) -> str | None:
+        """The session cookie for a token typed into the login form; None for a wrong one."""
         entry = self._entry(token.strip())
         if entry is None:
             return None
-        return entry.principal, self.sessions.issue(entry.principal.name, fingerprint(entry.digest))
+        return self.sessions.issue(entry.principal.name, fingerprint(entry.digest))
 
     def session(self, cookie: str) -> Principal | None:
         opened = self.sessions.open(cookie)
@@ -162,7 +165,7 @@ def require(scope: str) -> object:
     ) -> Principal:
         authenticator: Authenticator = request.app.state.authenticator
         principal = authenticator.authenticate(request)
-        if scope not in principal.scopes and "admin" not in principal.scopes:
+        if not principal.may(scope):
             raise Forbidden(f"token {principal.name!r} lacks the {scope!r} scope")
         return principal
 

@@ -17,13 +17,13 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from service.api.auth import ANONYMOUS, Authenticator, Principal, check_origin
-from service.api.deps import LifecycleDep, SessionDep, SettingsDep, ViewsDep
+from service.api.deps import JOB_ID_PATTERN, LifecycleDep, SessionDep, SettingsDep, ViewsDep
 from service.console.forms import job_body, read_form
 from service.console.sessions import COOKIE
 from service.errors import InvalidRequest, NotFound
 from service.jobs import service as jobs
 from service.jobs.schemas import JobRequest
-from service.models import JobStatus
+from service.models import Job, JobStatus
 from service.sources.bundled import list_playbooks
 
 HERE = Path(__file__).parent
@@ -42,7 +42,7 @@ _HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-_JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 # Where a login may send the browser next: a path of this site (never `//host`, which leaves it).
 _NEXT = re.compile(r"^/(?![/\\])[A-Za-z0-9/_.~%?=&+-]{0,500}\Z")
 
@@ -60,10 +60,6 @@ def _visitor(request: Request) -> Principal | None:
     return authenticator.session(cookie) if cookie else None
 
 
-def _can(principal: Principal, scope: str) -> bool:
-    return scope in principal.scopes or "admin" in principal.scopes
-
-
 def _page(
     request: Request, name: str, principal: Principal | None, status_code: int = 200, **context: Any
 ) -> HTMLResponse:
@@ -72,7 +68,7 @@ def _page(
         name,
         {
             "principal": principal,
-            "can_run": principal is not None and _can(principal, "run"),
+            "can_run": principal is not None and principal.may("run"),
             "auth_on": not _authenticator(request).disabled,
             **context,
         },
@@ -99,7 +95,7 @@ async def job_page(request: Request, job_id: str, views: ViewsDep) -> Response:
     principal = _visitor(request)
     if principal is None:
         return _to_login(request)
-    if not _JOB_ID.match(job_id):
+    if not _JOB_ID.fullmatch(job_id):
         return _page(request, "not_found.html", principal, status_code=404)
     try:
         job = json.loads(await views.get(job_id))
@@ -118,10 +114,10 @@ async def run_form(
     principal = _visitor(request)
     if principal is None:
         return _to_login(request)
-    if not _can(principal, "run"):
+    if not principal.may("run"):
         return _page(request, "forbidden.html", principal, status_code=403)
     values: dict[str, str] = {"priority": "default"}
-    if from_job is not None and _JOB_ID.match(from_job):
+    if from_job is not None and _JOB_ID.fullmatch(from_job):
         with contextlib.suppress(NotFound):
             values = _form_values(await jobs.get(session, from_job))
     return _run_page(request, principal, settings.playbooks_dir, values)
@@ -135,7 +131,7 @@ async def run_submit(
     if principal is None:
         return _to_login(request)
     check_origin(request, required=not _authenticator(request).disabled)
-    if not _can(principal, "run"):
+    if not principal.may("run"):
         return _page(request, "forbidden.html", principal, status_code=403)
     form = read_form(await request.body())
     try:
@@ -181,7 +177,7 @@ def _run_page(
 _FORM_FIELDS = {"playbook", "inventory", "extra_vars", "limit", "tags", "priority"}
 
 
-def _form_values(job: Any) -> dict[str, str]:
+def _form_values(job: Job) -> dict[str, str]:
     values = {
         "playbook": job.playbook,
         "inventory": job.inventory if isinstance(job.inventory, str) else "",
@@ -210,12 +206,11 @@ async def login(request: Request) -> Response:
     authenticator = _authenticator(request)
     if authenticator.disabled:
         return RedirectResponse("/", status_code=303, headers=_HEADERS)
-    opened = authenticator.login(token)
-    if opened is None:
+    cookie = authenticator.login(token)
+    if cookie is None:
         return _page(
             request, "login.html", None, status_code=401, next_path=_safe_next(next_path), failed=True
         )
-    _, cookie = opened
     response = RedirectResponse(_safe_next(next_path), status_code=303, headers=_HEADERS)
     response.set_cookie(
         COOKIE,
