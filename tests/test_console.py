@@ -549,3 +549,59 @@ def test_console_without_authentication(browser: Browser, stack: Stack) -> None:
     browser.open(stack.base_url + f"/jobs/{hello['id']}")
     wait_stream_ended(browser)
     assert "Hello, world!" in browser.text("#output")
+
+
+def test_the_list_filters_and_pages_and_the_job_page_puts_failures_first(
+    browser: Browser, stack: Stack
+) -> None:
+    """Status and label filters, the cursor's "Older" link, a failed host first in the recap, and the
+    events list narrowed to one host and to failures."""
+    label = f"batch={uuid.uuid4().hex[:8]}"
+    key, value = label.split("=")
+    with stack.client() as client:
+        jobs = [
+            submit(
+                client, {"playbook": playbook, "inventory": "inventory/local3.yml", "labels": {key: value}}
+            )
+            for playbook in ("debug.yml", "fail_h2.yml", "debug.yml")
+        ]
+        finished = {job["id"]: wait_for(client, job["id"])["status"] for job in jobs}
+    assert sorted(finished.values()) == ["failed", "successful", "successful"]
+
+    def shown() -> list[str | None]:
+        return [row.get_attribute("data-job-id") for row in browser.elements("#jobs tr[data-job-id]")]
+
+    browser.open(stack.base_url + f"/?label={label}&limit=2")
+    browser.wait(lambda _: len(shown()) == 2, "the first page of the batch")
+    first_page = shown()
+    assert first_page == [jobs[2]["id"], jobs[1]["id"]]  # newest first
+    browser.element("#older").click()
+    browser.wait(lambda _: shown() == [jobs[0]["id"]], "the older page")
+    assert browser.elements("#older:not([hidden])") == []
+
+    browser.open(stack.base_url + f"/?label={label}")
+    Select(browser.element("#filter-status")).select_by_value("failed")
+    browser.element("#filters button").click()
+    browser.wait(lambda _: shown() == [jobs[1]["id"]], "the failed job alone")
+    assert browser.text(f"#jobs tr[data-job-id='{jobs[1]['id']}'] td.status") == "failed"
+
+    browser.open(stack.base_url + f"/jobs/{jobs[1]['id']}")
+    wait_stream_ended(browser)
+    hosts = [row.get_attribute("data-host") for row in browser.elements("#recap tr[data-host]")]
+    assert hosts == ["h2", "h1", "h3"]
+    unfold(browser, "#event-host")
+    browser.element("#event-failed").click()
+    browser.wait(lambda _: len(browser.elements("#events tr[data-seq]")) == 1, "the failed event alone")
+    assert "h2" in browser.text("#events tbody")
+    browser.element("#event-failed").click()
+    browser.element("#event-host").send_keys("h3")
+    browser.wait(
+        lambda _: (
+            {
+                row.find_element(By.CSS_SELECTOR, "td:nth-child(3)").text
+                for row in browser.elements("#events tr[data-seq]")
+            }
+            == {"h3"}
+        ),
+        "the events of h3 alone",
+    )

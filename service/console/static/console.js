@@ -150,11 +150,11 @@ function renderLine(text, state) {
 function jobsPage() {
   const params = new URLSearchParams(location.search);
   const query = new URLSearchParams();
-  for (const name of ["status", "playbook", "label", "cursor"]) {
+  for (const name of ["status", "playbook", "label", "cursor", "limit"]) {
     const value = params.get(name);
     if (value) query.set(name, value);
   }
-  query.set("limit", "50");
+  if (!query.has("limit")) query.set("limit", "50");
   document.getElementById("filter-status").value = params.get("status") || "";
   document.getElementById("filter-playbook").value = params.get("playbook") || "";
   document.getElementById("filter-label").value = params.get("label") || "";
