@@ -156,3 +156,9 @@ def stack(start_stack: StackFactory) -> Stack:
 def api(stack: Stack) -> Iterator[httpx.Client]:
     with stack.client() as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def quiet_stack(start_stack: StackFactory) -> Stack:
+    """A stack without a worker: its jobs change only when a test changes them."""
+    return start_stack(workers=0)

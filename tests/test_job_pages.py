@@ -26,21 +26,9 @@ from service.jobs.repository import EventRepository
 from service.jobs.service import purge_expired
 from service.models import Job, JobStatus, utcnow
 from service.queue import JobQueue, create_redis
-from tests.support import Stack, StackFactory, job_row, lone_api, submit
+from tests.support import Stack, event_rows, job_row, lone_api, submit
 
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def quiet_stack(start_stack: StackFactory) -> Stack:
-    # No worker: nothing changes unless a test changes it.
-    return start_stack(workers=0)
-
-
-@pytest.fixture
-def client(quiet_stack: Stack) -> Iterator[httpx.Client]:
-    with quiet_stack.client() as http:
-        yield http
 
 
 def with_lifecycle(stack: Stack, work: Callable[[Lifecycle], Awaitable[T]]) -> T:
@@ -61,23 +49,6 @@ def with_lifecycle(stack: Stack, work: Callable[[Lifecycle], Awaitable[T]]) -> T
             await engine.dispose()
 
     return asyncio.run(main())
-
-
-def event_rows(job_id: str, seqs: range) -> list[dict[str, Any]]:
-    return [
-        {
-            "job_id": job_id,
-            "seq": seq,
-            "event": "verbose",
-            "host": None,
-            "task": None,
-            "play": None,
-            "stdout": f"line {seq}",
-            "created": utcnow(),
-            "data": {"n": seq},
-        }
-        for seq in seqs
-    ]
 
 
 def store(stack: Stack, job: Job, events: range = range(0)) -> None:
@@ -113,6 +84,12 @@ def behind_the_back(stack: Stack, statement: str, **values: Any) -> None:
 
 def listed(client: httpx.Client, label: str, **headers: str) -> httpx.Response:
     return client.get("/api/v1/jobs", params={"label": f"t={label}"}, headers=headers)
+
+
+@pytest.fixture
+def client(quiet_stack: Stack) -> Iterator[httpx.Client]:
+    with quiet_stack.client() as http:
+        yield http
 
 
 def test_a_page_of_the_list_has_an_etag_and_is_read_again_once_a_job_in_it_changed(

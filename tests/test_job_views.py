@@ -16,19 +16,7 @@ import redis
 import sqlalchemy as sa
 
 from service.live.publish import version_key
-from tests.support import Stack, StackFactory, sample, submit
-
-
-@pytest.fixture(scope="module")
-def quiet_stack(start_stack: StackFactory) -> Stack:
-    # No worker: the jobs stay queued unless a test changes them.
-    return start_stack(workers=0)
-
-
-@pytest.fixture
-def client(quiet_stack: Stack) -> Iterator[httpx.Client]:
-    with quiet_stack.client() as http:
-        yield http
+from tests.support import Stack, sample, submit
 
 
 def set_reason(stack: Stack, job_id: str, reason: str) -> None:
@@ -41,6 +29,12 @@ def set_reason(stack: Stack, job_id: str, reason: str) -> None:
 
 def reads(client: httpx.Client, source: str) -> float:
     return sample(client.get("/metrics").text, "ars_job_view_reads_total", source=source)
+
+
+@pytest.fixture
+def client(quiet_stack: Stack) -> Iterator[httpx.Client]:
+    with quiet_stack.client() as http:
+        yield http
 
 
 def test_an_unchanged_job_is_answered_from_memory_a_changed_one_is_read_again(

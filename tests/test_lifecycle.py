@@ -30,7 +30,7 @@ from service.jobs.repository import JobRepository
 from service.live.publish import DELETED, END_EVENT, list_version_key, stream_key, version_key
 from service.models import Job, JobStatus, utcnow
 from service.queue import JobQueue, create_redis
-from tests.support import Backends, fresh_database, job_row
+from tests.support import Backends, event_rows, fresh_database, job_row
 
 
 @dataclass
@@ -107,20 +107,6 @@ class Case:
     fields: tuple[tuple[str, Any], ...] = ()
 
 
-def _row(seq: int, job_id: str) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "seq": seq,
-        "event": "verbose",
-        "host": None,
-        "task": None,
-        "play": None,
-        "stdout": f"line {seq}",
-        "created": utcnow(),
-        "data": {},
-    }
-
-
 STALE = (("heartbeat_at", utcnow() - timedelta(hours=1)),)
 CASES = [
     Case("submit", JobStatus.queued, lambda tx, job: tx.submit(job), Change.submitted, shown=False),
@@ -142,7 +128,7 @@ CASES = [
     Case(
         "record_events",
         JobStatus.running,
-        lambda tx, job: tx.record_events(job.id, [_row(1, job.id), _row(2, job.id)], 2),
+        lambda tx, job: tx.record_events(job.id, event_rows(job.id, range(1, 3)), 2),
         Change.events_recorded,
     ),
     Case(

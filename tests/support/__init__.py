@@ -18,7 +18,7 @@ from harness.processes import (
     start_process,
     wait_http,
 )
-from tests.support.jobs import all_events, job_row, sample, submit, wait_for, wait_until
+from tests.support.jobs import all_events, event_rows, job_row, sample, submit, wait_for, wait_until
 
 __all__ = [
     "FINISHED",
@@ -33,6 +33,7 @@ __all__ = [
     "all_events",
     "ansible_playbook",
     "api_command",
+    "event_rows",
     "fresh_database",
     "job_row",
     "lone_api",

@@ -95,3 +95,21 @@ def job_row(status: JobStatus = JobStatus.queued, **fields: Any) -> Job:
     if status is JobStatus.running:
         values |= {"started_at": utcnow(), "heartbeat_at": utcnow(), "worker_id": "w1"}
     return Job(**(values | fields))
+
+
+def event_rows(job_id: str, seqs: range) -> list[dict[str, Any]]:
+    """`verbose` event rows of a job, as the worker stores them, with these seqs."""
+    return [
+        {
+            "job_id": job_id,
+            "seq": seq,
+            "event": "verbose",
+            "host": None,
+            "task": None,
+            "play": None,
+            "stdout": f"line {seq}",
+            "created": utcnow(),
+            "data": {"n": seq},
+        }
+        for seq in seqs
+    ]
