@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             redis,
             settings.job_view_cache_size,
             api_metrics.job_view_reads,
+            api_metrics.page_reads,
             settings.queue_name,
         )
         # The live read loop's blocking XREAD holds a connection: it gets a pool of its own.

@@ -54,6 +54,12 @@ class ApiMetrics:
             ["source"],
             registry=self.registry,
         )
+        self.page_reads = Counter(
+            "ars_page_reads",
+            "GET /api/v1/jobs (list) and /api/v1/jobs/{id}/events (events) answers: from memory or database",
+            ["page", "source"],
+            registry=self.registry,
+        )
         self.jobs = Gauge("ars_jobs", "Jobs stored, by status", ["status"], registry=self.registry)
         self.queue = Gauge(
             "ars_queue_jobs", "Runs in the arq queue: waiting or running", ["state"], registry=self.registry

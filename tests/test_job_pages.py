@@ -26,7 +26,7 @@ from service.jobs.repository import EventRepository
 from service.jobs.service import purge_expired
 from service.models import Job, JobStatus, utcnow
 from service.queue import JobQueue, create_redis
-from tests.support import Stack, event_rows, job_row, lone_api, submit
+from tests.support import Stack, event_rows, job_row, lone_api, sample, submit
 
 T = TypeVar("T")
 
@@ -105,7 +105,13 @@ def test_a_page_of_the_list_has_an_etag_and_is_read_again_once_a_job_in_it_chang
     assert page.json() == {"items": [second, first], "next_cursor": None}
     assert page.json()["items"][0] == client.get(f"/api/v1/jobs/{second['id']}").json()
     tag = page.headers["etag"]
+
+    def reads(source: str) -> float:
+        return sample(client.get("/metrics").text, "ars_page_reads_total", page="list", source=source)
+
+    from_memory, from_database = reads("memory"), reads("database")
     unchanged = listed(client, label, **{"If-None-Match": tag})
+    assert (reads("memory"), reads("database")) == (from_memory + 1, from_database)
     assert (unchanged.status_code, unchanged.content, unchanged.headers["etag"]) == (304, b"", tag)
     assert listed(client, label, **{"If-None-Match": f'"other", W/{tag}'}).status_code == 304
     assert listed(client, label, **{"If-None-Match": '"other"'}).content == page.content
@@ -128,6 +134,22 @@ def test_a_page_of_the_list_has_an_etag_and_is_read_again_once_a_job_in_it_chang
     again = listed(client, label, **{"If-None-Match": changed.headers["etag"]})
     assert again.status_code == 200
     assert [job["id"] for job in again.json()["items"]] == [third["id"], second["id"], first["id"]]
+
+
+def test_a_job_has_an_etag_until_it_changes(client: httpx.Client) -> None:
+    job = submit(client, {"playbook": "debug.yml"})
+    url = f"/api/v1/jobs/{job['id']}"
+    first = client.get(url)
+    tag = first.headers["etag"]
+    unchanged = client.get(url, headers={"If-None-Match": tag})
+    assert (unchanged.status_code, unchanged.content, unchanged.headers["etag"]) == (304, b"", tag)
+    assert client.post(f"{url}/cancel").status_code == 202
+    changed = client.get(url, headers={"If-None-Match": tag})
+    assert changed.status_code == 200
+    assert changed.json()["status"] == "canceled"
+    assert changed.headers["etag"] != tag
+    missing = client.get("/api/v1/jobs/00000000-0000-0000-0000-000000000000", headers={"If-None-Match": "*"})
+    assert missing.status_code == 404
 
 
 def test_new_events_are_seen_at_once_and_a_full_page_is_kept_across_them(

@@ -120,10 +120,13 @@ async def list_jobs(
     return _conditional(page, if_none_match)
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"])
-async def get_job(job_id: JobId, views: ViewsDep, _: ReadAccess) -> Response:
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=_NOT_MODIFIED, tags=["jobs"])
+async def get_job(
+    job_id: JobId, views: ViewsDep, _: ReadAccess, if_none_match: IfNoneMatch = None
+) -> Response:
+    """The job. With an ETag, as the list."""
     # The JSON of JobOut, from memory while the job has not changed (service/jobs/views.py).
-    return Response(await views.get(job_id), media_type="application/json")
+    return _conditional(await views.get(job_id), if_none_match)
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobOut, tags=["jobs"])

@@ -98,7 +98,7 @@ async def job_page(request: Request, job_id: str, views: ViewsDep) -> Response:
     if not _JOB_ID.fullmatch(job_id):
         return _page(request, "not_found.html", principal, status_code=404)
     try:
-        job = json.loads(await views.get(job_id))
+        job = json.loads((await views.get(job_id)).body)
     except NotFound:
         return _page(request, "not_found.html", principal, status_code=404)
     return _page(request, "job.html", principal, job=job)

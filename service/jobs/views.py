@@ -63,7 +63,7 @@ class View:
 @dataclass(frozen=True)
 class _Kept:
     version: bytes
-    body: bytes
+    view: View
     read_at: float
 
 
@@ -116,6 +116,7 @@ class JobViews:
         redis: Redis,
         size: int,
         reads: Counter,
+        page_reads: Counter,
         queue_name: str,
     ) -> None:
         """`size` job copies at most, least recently read dropped first; 0 reads the database every time
@@ -128,9 +129,10 @@ class JobViews:
         self._pages = _Pages()
         self._from_memory = reads.labels(source="memory")
         self._from_database = reads.labels(source="database")
+        self._page_reads = page_reads
         self._redis_failed_at = float("-inf")
 
-    async def get(self, job_id: str) -> bytes:
+    async def get(self, job_id: str) -> View:
         """The job's JSON (as JobOut); NotFound for an unknown job."""
         version = await self._version(version_key(job_id), ttl=int(_MAX_AGE_S)) if self._size else None
         if version is not None:
@@ -138,24 +140,27 @@ class JobViews:
             if kept is not None and kept.version == version and time.monotonic() - kept.read_at < _MAX_AGE_S:
                 self._kept.move_to_end(job_id)
                 self._from_memory.inc()
-                return kept.body
+                return kept.view
         self._from_database.inc()
         read_at = time.monotonic()
         async with self._sessions() as session:
             body = (await jobs.view(session, job_id)).model_dump_json().encode()
+        view = View(body, etag(body))
         if version is not None:
-            self._kept[job_id] = _Kept(version, body, read_at)
+            self._kept[job_id] = _Kept(version, view, read_at)
             self._kept.move_to_end(job_id)
             if len(self._kept) > self._size:
                 self._kept.popitem(last=False)
-        return body
+        return view
 
     async def events(self, job_id: str, *, after: int, limit: int) -> View:
         """The job's events with seq > after (as EventPage); NotFound for an unknown job."""
         key = ("events", job_id, after, limit)
         version = await self._version(version_key(job_id), ttl=int(_MAX_AGE_S)) if self._size else None
         if version is not None and (view := self._pages.get(key, version)) is not None:
+            self._page_reads.labels(page="events", source="memory").inc()
             return view
+        self._page_reads.labels(page="events", source="database").inc()
         read_at = time.monotonic()
         async with self._sessions() as session:
             body, full = await jobs.event_page(session, job_id, after=after, limit=limit)
@@ -177,7 +182,9 @@ class JobViews:
         )
         version = await self._version(self._list_key, ttl=VERSION_TTL_S) if self._size else None
         if version is not None and (view := self._pages.get(key, version)) is not None:
+            self._page_reads.labels(page="list", source="memory").inc()
             return view
+        self._page_reads.labels(page="list", source="database").inc()
         read_at = time.monotonic()
         async with self._sessions() as session:
             body = await jobs.job_page(session, filters, limit=limit, cursor=cursor)

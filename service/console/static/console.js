@@ -473,12 +473,18 @@ function jobPage() {
   }
 
   // Status and timings while the run goes on (the stream carries output, not state changes).
+  let jobTag = null;
   async function poll() {
     if (FINISHED.has(job.status)) return;
     if (!document.hidden) {
       try {
-        const { body } = await api(`/api/v1/jobs/${job.id}`);
-        if (body) showJob(body);
+        const { response, body } = await api(`/api/v1/jobs/${job.id}`, jobTag ? { headers: { "If-None-Match": jobTag } } : {});
+        if (body) {
+          jobTag = response.headers.get("ETag");
+          showJob(body);
+        } else {
+          document.getElementById("job-duration").textContent = duration(job, Date.now());
+        }
       } catch (error) {
         // The stream's reconnection says when the service is away; the next poll tries again.
       }
