@@ -85,6 +85,35 @@ def _images(manifest: str | list[dict[str, Any]]) -> set[str]:
     return images
 
 
+def _secrets_needed(manifest: str) -> dict[str, set[str]]:
+    """The Secrets the objects of a manifest cannot start or authenticate without, by the object that names
+    them: every reference a pod makes that is not optional (envFrom, a variable, a volume), and KEDA's."""
+    needed: dict[str, set[str]] = {}
+    for doc in yaml.safe_load_all(manifest):
+        if not doc:
+            continue
+        names: set[str] = set()
+        if doc["kind"] in {"Deployment", "StatefulSet", "Job"}:
+            for container in pod_containers(doc):
+                for source in container.get("envFrom", []):
+                    ref = source.get("secretRef")
+                    if ref and not ref.get("optional", False):
+                        names.add(ref["name"])
+                for item in container.get("env", []):
+                    ref = item.get("valueFrom", {}).get("secretKeyRef")
+                    if ref and not ref.get("optional", False):
+                        names.add(ref["name"])
+            for volume in doc["spec"]["template"]["spec"].get("volumes", []):
+                secret = volume.get("secret")
+                if secret and not secret.get("optional", False):
+                    names.add(secret["secretName"])
+        elif doc["kind"] == "TriggerAuthentication":
+            names |= {ref["name"] for ref in doc["spec"]["secretTargetRef"]}
+        if names:
+            needed[f"{doc['kind']}/{doc['metadata']['name']}"] = names
+    return needed
+
+
 def _backing_images() -> set[str]:
     """The dev MariaDB's and Redis's images, as k8s/overlays/dev pins them: a deploy leaves them alone."""
     return {image for image in _images(kustomize("overlays/dev")) if "/ansible-runner-service:" not in image}
@@ -116,6 +145,18 @@ def test_deploy_runs_every_step_in_order(tmp_path: Path) -> None:
     # The Job waits for MariaDB: on an empty cluster, only the migration's own apply can bring it.
     kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in yaml.safe_load_all(migrate) if doc}
     assert {("StatefulSet", "mariadb"), ("Service", "mariadb"), ("Deployment", "redis")} <= kinds
+    # Each apply brings every Secret its objects need (on an empty cluster nothing else would), the API's own
+    # ones included; the API's token digests and session keys are named by the API alone.
+    for manifest in (migrate, app):
+        secrets = {
+            doc["metadata"]["name"] for doc in yaml.safe_load_all(manifest) if doc and doc["kind"] == "Secret"
+        }
+        for obj, names in _secrets_needed(manifest).items():
+            assert names <= secrets, f"{obj} needs {names - secrets}, which the apply lacks"
+    needed = _secrets_needed(app)
+    for prefix in ("ansible-runner-api-tokens-", "ansible-runner-session-"):
+        holders = {obj for obj, names in needed.items() if any(name.startswith(prefix) for name in names)}
+        assert holders == {"Deployment/ansible-runner-api"}, prefix
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from tests.support.manifests import ROOT, Obj, Rendering, only_container, pod_co
 pytestmark = pytest.mark.image
 
 IMAGE = "localhost/ansible-runner-service:test"
-# The dev overlay's run token (API_TOKENS holds only its sha256; checked below).
+# The dev overlay's run token (API_TOKENS, in the API's own Secret, holds only its sha256; checked below).
 DEV_RUN_TOKEN = "dev-only-run-token-not-a-secret"
 
 
@@ -199,11 +199,18 @@ def test_image_runs_migration_api_and_worker_from_the_manifests(
 
         tokens = rendering.container_env(only_container(rendering.get("Deployment", "ansible-runner-api")))
         assert hashlib.sha256(DEV_RUN_TOKEN.encode()).hexdigest() in tokens["API_TOKENS"]
-        # With tokens on, the API started only because the manifests also gave it SESSION_SECRET, from the
-        # dev session Secret; the worker ran without it.
+        # With tokens on, the API started only because the manifests gave it API_TOKENS and SESSION_SECRET,
+        # each from a dev Secret of its own; the worker ran the playbook below with neither.
         assert tokens["SESSION_SECRET"].startswith("dev-only-")
         worker_container = only_container(rendering.get("Deployment", "ansible-runner-worker"))
-        assert "SESSION_SECRET" not in rendering.container_env(worker_container)
+        worker_env = rendering.container_env(worker_container)
+        assert "API_TOKENS" not in worker_env and "SESSION_SECRET" not in worker_env
+        # As the running containers got it (a new process in each gets the container's environment).
+        for role, container in (("api", api), ("worker", worker)):
+            listed = _podman("exec", container, "python3", "-c", "import os; print(*os.environ, sep='\\n')")
+            assert listed.returncode == 0, listed.stderr
+            held = {"API_TOKENS", "SESSION_SECRET"} & set(listed.stdout.split())
+            assert held == ({"API_TOKENS", "SESSION_SECRET"} if role == "api" else set()), f"{role}: {held}"
         keda_token = rendering.data(
             "Secret",
             next(

@@ -42,11 +42,11 @@ KUBERNETES_VERSION = "1.31.0"
 KEDA_SCHEMA = json.loads((K8S / "schemas" / "keda-2.16.json").read_text())
 API, WORKER, MIGRATE = "ansible-runner-api", "ansible-runner-worker", "ansible-runner-migrate"
 # Settings whose defaults serve a developer's machine, never a cluster: the manifests must set them.
-CLUSTER_REQUIRED = {"DATABASE_URL", "REDIS_URL", "API_TOKENS"}
-# Settings of the API alone (with API_TOKENS, check_auth requires the session keys; only the API calls it),
-# from a Secret no other pod references: neither the worker, whose runs are operator code, nor the migration
-# ever holds them.
-API_ONLY = {"SESSION_SECRET"}
+CLUSTER_REQUIRED = {"DATABASE_URL", "REDIS_URL"}
+# Settings of the API alone (check_auth requires tokens, and with them the session keys; only the API calls
+# it), each by name from a Secret of its own that no other pod references: neither the worker, whose runs are
+# operator code, nor the migration ever holds them.
+API_ONLY = {"API_TOKENS": "ansible-runner-api-tokens", "SESSION_SECRET": "ansible-runner-session"}
 # Files every run reads when the setting is set: a path to a missing file fails them all.
 RUN_FILES = ("SSH_PRIVATE_KEY_FILE", "VAULT_PASSWORD_FILE")
 TARGET_CREDENTIALS = "ansible-runner-target-credentials"
@@ -172,7 +172,7 @@ def test_settings_come_from_the_configmap_and_secret(
     for name in (API, WORKER):
         env = _env(rendering, name)
         assert env.keys() >= CLUSTER_REQUIRED
-        assert (env.keys() & API_ONLY) == (API_ONLY if name == API else set()), name
+        assert (env.keys() & API_ONLY.keys()) == (API_ONLY.keys() if name == API else set()), name
         providers = json.loads(env["GIT_PROVIDERS"])
         credentials = {provider["credential_env"] for provider in providers}
         # Every key means something to the service: a misspelt one would be ignored silently.
@@ -192,43 +192,87 @@ def test_settings_come_from_the_configmap_and_secret(
     settings = _settings_from(env, monkeypatch)
     settings.check_auth()
     assert settings.api_tokens and settings.session_keys()
-    # The worker stops waiting for running runs before Kubernetes kills it, from one number.
+    # The worker knows neither (it makes no auth check: the same settings would not start an API).
     worker = rendering.get("Deployment", WORKER)
-    grace = pod_spec(worker)["terminationGracePeriodSeconds"]
     settings = _settings_from(_env(rendering, WORKER), monkeypatch)
+    assert settings.api_tokens is None and settings.session_keys() == []
+    with pytest.raises(ConfigurationError, match="API_TOKENS"):
+        settings.check_auth()
+    # The worker stops waiting for running runs before Kubernetes kills it, from one number.
+    grace = pod_spec(worker)["terminationGracePeriodSeconds"]
     assert settings.job_completion_wait == grace - SHUTDOWN_MARGIN > 0
 
 
-def test_only_the_api_holds_the_session_secret(overlay: tuple[str, Rendering]) -> None:
+def _dev_tokens(rendering: Rendering) -> dict[str, str]:
+    """The dev overlay's committed tokens by sha256 digest: KEDA's from its Secret, the run token of the
+    image test (tests/test_image.py, named in api-tokens.env)."""
+    (keda,) = [s for s in rendering.all("Secret") if s["metadata"]["name"].startswith("ansible-runner-keda")]
+    tokens = [rendering.data("Secret", keda["metadata"]["name"])["token"], "dev-only-run-token-not-a-secret"]
+    return {hashlib.sha256(token.encode()).hexdigest(): token for token in tokens}
+
+
+@pytest.mark.parametrize("variable", sorted(API_ONLY))
+def test_only_the_api_holds_its_secrets(overlay: tuple[str, Rendering], variable: str) -> None:
     name, rendering = overlay
     api = rendering.get("Deployment", API)
     # By name from a Secret of its own, not optional: without it the pod does not start.
     (ref,) = [
         item["valueFrom"]["secretKeyRef"]
         for item in only_container(api).get("env", [])
-        if item["name"] == "SESSION_SECRET"
+        if item["name"] == variable
     ]
-    assert ref["key"] == "SESSION_SECRET" and not ref.get("optional", False)
-    session = ref["name"]
-    assert session.startswith("ansible-runner-session")
-    keys = rendering.data("Secret", session)
-    assert keys.keys() == {"SESSION_SECRET"}
+    assert ref["key"] == variable and not ref.get("optional", False)
+    own = ref["name"]
+    # Generated in dev (with a hash suffix), created by the operator in prod (the name as written).
+    assert own == API_ONLY[variable] if name == "prod" else own.startswith(API_ONLY[variable] + "-")
+    values = rendering.data("Secret", own)
+    assert values.keys() == {variable}
     if name == "dev":
-        # Committed on purpose, and marked as worthless outside a dev cluster like the other dev credentials.
-        assert keys["SESSION_SECRET"].startswith("dev-only-")
+        # Committed on purpose, and marked as worthless outside a dev cluster like the other dev credentials:
+        # the session key itself, and every token the digests grant.
+        if variable == "SESSION_SECRET":
+            assert values[variable].startswith("dev-only-")
+        else:
+            known = _dev_tokens(rendering)
+            for entry in filter(None, (e.strip() for e in re.split(r"[;\n]", values[variable]))):
+                assert entry.rpartition(":")[2] in known, f"{entry}: not the digest of a dev-only token"
+            assert all(token.startswith("dev-only-") for token in known.values())
     # No other Secret carries the key (envFrom would hand it to every pod that reads that Secret), and nothing
-    # but the API names the session Secret: the worker, the migration, the dev MariaDB and Redis, KEDA.
+    # but the API names its Secret: the worker, the migration, the dev MariaDB and Redis, KEDA.
     for secret in rendering.all("Secret"):
-        if secret["metadata"]["name"] != session:
-            assert "SESSION_SECRET" not in rendering.data("Secret", secret["metadata"]["name"])
+        if secret["metadata"]["name"] != own:
+            assert variable not in rendering.data("Secret", secret["metadata"]["name"])
     for obj in rendering.objects + rendering.external:
-        if obj is not api and not (obj["kind"] == "Secret" and obj["metadata"]["name"] == session):
-            assert session not in json.dumps(obj), f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj is not api and not (obj["kind"] == "Secret" and obj["metadata"]["name"] == own):
+            assert own not in json.dumps(obj), f"{obj['kind']}/{obj['metadata']['name']}"
     for kind in ("Deployment", "StatefulSet", "Job"):
         for obj in rendering.all(kind):
             for container in pod_containers(obj):
-                held = "SESSION_SECRET" in rendering.container_env(container)
+                held = variable in rendering.container_env(container)
                 assert held == (obj is api), f"{obj['metadata']['name']}/{container['name']}"
+
+
+def test_the_worker_and_the_migration_get_no_api_secret(
+    overlay: tuple[str, Rendering], tmp_path: Path
+) -> None:
+    name, rendering = overlay
+    # The worker also with the one component an overlay may add to it (a rendering without the Job).
+    opted_in = _with_target_credentials(name, rendering, tmp_path)
+    pods = [(rendering, "Deployment", WORKER), (rendering, "Job", MIGRATE), (opted_in, "Deployment", WORKER)]
+    for variant, kind, pod_name in pods:
+        pod = variant.get(kind, pod_name)
+        # Every container, the migration's wait for the database included; and no reference to the API's
+        # Secrets anywhere in the pod (a volume would do as well as a variable).
+        for container in pod_containers(pod):
+            env = variant.container_env(container)
+            assert not env.keys() & API_ONLY.keys(), f"{pod_name}/{container['name']}"
+        spec = json.dumps(pod_spec(pod))
+        assert not any(secret in spec for secret in API_ONLY.values()), pod_name
+    for variant in (rendering, opted_in):
+        # What the worker reads whole: were a key added to it later, the worker would get it.
+        for source in only_container(variant.get("Deployment", WORKER))["envFrom"]:
+            if "secretRef" in source:
+                assert not variant.data("Secret", source["secretRef"]["name"]).keys() & API_ONLY.keys()
 
 
 def test_every_credential_env_is_in_the_secret(overlay: tuple[str, Rendering]) -> None:
