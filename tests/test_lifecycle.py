@@ -173,14 +173,19 @@ def test_every_change_has_a_case() -> None:
     assert {case.change for case in CASES} == set(Change)
 
 
+async def arranged(w: World, case: Case) -> tuple[Job, bytes | None, bytes | None]:
+    """The case's job (stored unless the change stores it), its token and the list's, before the change."""
+    job = job_row(case.status, **dict(case.fields))
+    if case.change is not Change.submitted:
+        await w.insert(job)
+    return job, await w.token(job.id), await w.list_token()
+
+
 @pytest.mark.parametrize("case", CASES, ids=[case.change.value for case in CASES])
 def test_a_change_is_announced_after_its_commit(database: str, backends: Backends, case: Case) -> None:
     async def main() -> None:
         async with world(database, backends) as w:
-            job = job_row(case.status, **dict(case.fields))
-            if case.change is not Change.submitted:
-                await w.insert(job)
-            before, list_before = await w.token(job.id), await w.list_token()
+            job, before, list_before = await arranged(w, case)
             async with w.lifecycle.transaction() as transaction:
                 await case.act(transaction, job)
                 # Nothing is said before the commit.
@@ -208,10 +213,7 @@ def test_a_change_is_announced_after_its_commit(database: str, backends: Backend
 def test_a_rolled_back_change_is_not_announced(database: str, backends: Backends, case: Case) -> None:
     async def main() -> None:
         async with world(database, backends) as w:
-            job = job_row(case.status, **dict(case.fields))
-            if case.change is not Change.submitted:
-                await w.insert(job)
-            before, list_before = await w.token(job.id), await w.list_token()
+            job, before, list_before = await arranged(w, case)
             with pytest.raises(RuntimeError):
                 async with w.lifecycle.transaction() as transaction:
                     await case.act(transaction, job)

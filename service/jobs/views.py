@@ -25,7 +25,7 @@ import collections
 import hashlib
 import time
 import uuid
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
 from prometheus_client import Counter
@@ -155,22 +155,19 @@ class JobViews:
 
     async def events(self, job_id: str, *, after: int, limit: int) -> View:
         """The job's events with seq > after (as EventPage); NotFound for an unknown job."""
+
+        async def read(session: AsyncSession) -> tuple[bytes, bool]:
+            return await jobs.event_page(session, job_id, after=after, limit=limit)
+
         key = ("events", job_id, after, limit)
-        version = await self._version(version_key(job_id), ttl=int(_MAX_AGE_S)) if self._size else None
-        if version is not None and (view := self._pages.get(key, version)) is not None:
-            self._page_reads.labels(page="events", source="memory").inc()
-            return view
-        self._page_reads.labels(page="events", source="database").inc()
-        read_at = time.monotonic()
-        async with self._sessions() as session:
-            body, full = await jobs.event_page(session, job_id, after=after, limit=limit)
-        view = View(body, etag(body))
-        if version is not None:
-            self._pages.keep(key, _KeptPage(version, view, read_at, lasting=full))
-        return view
+        return await self._page("events", key, version_key(job_id), int(_MAX_AGE_S), read)
 
     async def job_list(self, filters: JobFilters, *, limit: int, cursor: str | None) -> View:
         """A page of the list (as JobPage)."""
+
+        async def read(session: AsyncSession) -> tuple[bytes, bool]:
+            return await jobs.job_page(session, filters, limit=limit, cursor=cursor), False
+
         key = (
             "list",
             tuple(filters.statuses),
@@ -180,17 +177,28 @@ class JobViews:
             limit,
             cursor,
         )
-        version = await self._version(self._list_key, ttl=VERSION_TTL_S) if self._size else None
+        return await self._page("list", key, self._list_key, VERSION_TTL_S, read)
+
+    async def _page(
+        self,
+        page: str,
+        key: Hashable,
+        token_key: str,
+        ttl: int,
+        read: Callable[[AsyncSession], Awaitable[tuple[bytes, bool]]],
+    ) -> View:
+        """A kept page while its token is unchanged, else `read` (its JSON, and whether it lasts)."""
+        version = await self._version(token_key, ttl=ttl) if self._size else None
         if version is not None and (view := self._pages.get(key, version)) is not None:
-            self._page_reads.labels(page="list", source="memory").inc()
+            self._page_reads.labels(page=page, source="memory").inc()
             return view
-        self._page_reads.labels(page="list", source="database").inc()
+        self._page_reads.labels(page=page, source="database").inc()
         read_at = time.monotonic()
         async with self._sessions() as session:
-            body = await jobs.job_page(session, filters, limit=limit, cursor=cursor)
+            body, lasting = await read(session)
         view = View(body, etag(body))
         if version is not None:
-            self._pages.keep(key, _KeptPage(version, view, read_at, lasting=False))
+            self._pages.keep(key, _KeptPage(version, view, read_at, lasting=lasting))
         return view
 
     async def _version(self, key: str, *, ttl: int) -> bytes | None:
