@@ -20,7 +20,7 @@ from typing import Any
 from bench.harness import BENCH, CORES, load, progress
 
 # The registry: module names under bench/, each with `run() -> dict`. Add yours here.
-MODULES = ["runs", "pipeline", "api", "pages", "console", "drain", "memory", "burst", "stream"]
+MODULES = ["runs", "pipeline", "api", "pages", "console", "drain", "memory", "burst", "stream", "locks"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

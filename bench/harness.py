@@ -44,7 +44,7 @@ class BenchSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BENCH_", extra="ignore")
 
-    only: str = ""  # comma-separated module names (runs, pipeline, api, pages, drain, memory, burst)
+    only: str = ""  # comma-separated module names (see bench/__main__.py MODULES)
     database_url: str = LOCAL_MARIADB
     redis_url: str = LOCAL_REDIS
     reps: int = 7  # interleaved repetitions of the trivial run and its baselines
@@ -60,6 +60,8 @@ class BenchSettings(BaseSettings):
     memory_runs: int = 500  # runs by one worker for the growth figure (the drain's count towards it)
     concurrent_runs: int = 8
     burst_jobs: int = 500
+    locks_runs: int = 200  # exclusive runs over locks_hosts hosts, 1 to 3 hosts each
+    locks_hosts: int = 10
 
 
 BENCH = BenchSettings()
@@ -113,7 +115,23 @@ def write_playbooks(root: Path) -> Path:
         }
     ]
     (root / "pause.yml").write_text(yaml.safe_dump(pause))
-    for hosts in (1, 5, 50):
+    # Each host's file under `journal` gets "start <tag>" and "end <tag>" around `hold` seconds.
+    line = 'echo "{} {{{{ tag }}}}" >> "{{{{ journal }}}}/{{{{ inventory_hostname }}}}"\n'
+    journal = [
+        {
+            "name": "Journal",
+            "hosts": "all",
+            "gather_facts": False,
+            "tasks": [
+                {
+                    "name": "Start, hold, end",
+                    "ansible.builtin.shell": line.format("start") + "sleep {{ hold }}\n" + line.format("end"),
+                }
+            ],
+        }
+    ]
+    (root / "journal.yml").write_text(yaml.safe_dump(journal))
+    for hosts in (1, 5, 10, 50):
         (root / "inventory" / f"hosts{hosts}.yml").write_text(yaml.safe_dump(_inventory(hosts)))
     return root
 

@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     extra_vars_allow: list[str] = Field(default_factory=list)
     # Hosts an inline inventory may expand to (ranges such as h[0:99] count as what they stand for).
     max_inline_hosts: int = Field(default=10_000, ge=1)
+    # A request without `exclusive` leases its target hosts exclusively (service/jobs/locks.py).
+    exclusive_default: bool = False
+    # How long resolving a run's target hosts (Ansible reading its inventory) may take.
+    targets_timeout: int = Field(default=60, ge=1)
     # The largest `forks` a request may ask for: each fork is an Ansible process of tens of MiB.
     max_forks: int = Field(default=50, ge=1, le=500)
     # Streams (GET /jobs/{id}/stream) one token may hold open at once on one API process (429 beyond).

@@ -22,6 +22,7 @@ from service.logging import configure_logging
 from service.metrics import ApiMetrics, RequestMiddleware
 from service.queue import JobQueue, create_redis
 from service.redaction import Redactor
+from service.runner.targets import TargetResolver
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis = redis
         app.state.queue = JobQueue(redis, settings)
         app.state.lifecycle = Lifecycle(app.state.sessions, redis, app.state.queue, settings)
+        app.state.targets = TargetResolver(settings)
         app.state.views = JobViews(
             app.state.sessions,
             redis,
@@ -59,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            app.state.targets.close()
             await app.state.live.close()
             await live_redis.aclose()
             await redis.aclose()

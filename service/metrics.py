@@ -62,7 +62,10 @@ class ApiMetrics:
         )
         self.jobs = Gauge("ars_jobs", "Jobs stored, by status", ["status"], registry=self.registry)
         self.queue = Gauge(
-            "ars_queue_jobs", "Runs in the arq queue: waiting or running", ["state"], registry=self.registry
+            "ars_queue_jobs",
+            "Runs of the queue: waiting for a slot, running, or blocked (waiting for a host or named lock)",
+            ["state"],
+            registry=self.registry,
         )
         self._refreshed_at = float("-inf")
 
@@ -86,6 +89,7 @@ class ApiMetrics:
         depth = await queue_depth()
         self.queue.labels(state="waiting").set(depth.queued)
         self.queue.labels(state="running").set(depth.running)
+        self.queue.labels(state="blocked").set(depth.blocked)
 
 
 def request_id_of(scope: Scope) -> str:

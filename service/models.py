@@ -81,6 +81,19 @@ class Job(SQLModel, table=True):
     requeues: int = Field(
         default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default=sa.text("0"))
     )
+    # Host and named locks (service/jobs/locks.py): the run's target hosts are leased exclusively.
+    exclusive: bool = Field(
+        default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false())
+    )
+    # Named locks held for the whole run; NULL: none.
+    locks: list[str] | None = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
+    # The inventory names of the hosts the run targets, once resolved (inventory and limit, as Ansible
+    # selects them): for an exclusive run, and for any run that had to wait.
+    targets: list[str] | None = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
+    # While queued behind a lease: {"hosts", "locks", "jobs"} that block it; NULL otherwise.
+    waiting_for: dict[str, list[str]] | None = Field(
+        default=None, sa_column=sa.Column(sa.JSON, nullable=True)
+    )
 
 
 class JobEvent(SQLModel, table=True):

@@ -35,7 +35,7 @@ RUN_JOB = "run_job"
 # (while none has waited longer than the offset) and runs of one priority keep their order.
 _PRIORITY_OFFSET = {"high": timedelta(days=2 * 3650), "default": timedelta(days=3650), "low": timedelta(0)}
 # A run whose arq entry expires before a worker takes it is re-enqueued by the sweeper.
-_EXPIRES = timedelta(days=7)
+JOB_EXPIRES = timedelta(days=7)
 
 # arq's `enqueue_job` in one round trip instead of four (WATCH, EXISTS, MULTI..EXEC, then our PUBLISH): the
 # same keys and job record, written only if neither the job nor its result exists, then idle workers woken.
@@ -93,6 +93,19 @@ class QueueDepth(BaseModel):
     queued: int = Field(description="runs waiting for a worker slot")
     running: int = Field(description="runs a worker has taken")
     inflight: int = Field(description="queued + running")
+    blocked: int = Field(
+        description="runs waiting for a host or named lock: not in `inflight`, more workers would not help"
+    )
+
+
+def score_of(priority: str, created_at: datetime) -> int:
+    """A run's place in arq's sorted set, and among the waiters for a lock."""
+    return to_unix_ms(created_at.replace(tzinfo=UTC) - _PRIORITY_OFFSET[priority])
+
+
+def locks_key(queue_name: str, part: str) -> str:
+    """A key of the lock table of this queue (service/jobs/locks.py)."""
+    return f"{queue_name}:locks:{part}"
 
 
 def wake_channel(queue_name: str) -> str:
@@ -113,19 +126,39 @@ class JobQueue:
 
     async def enqueue(self, job_id: str, priority: str, created_at: datetime) -> bool:
         """Queue a run. False when arq already holds it (queued or running): enqueueing is idempotent."""
-        score = to_unix_ms(created_at.replace(tzinfo=UTC) - _PRIORITY_OFFSET[priority])
-        serializer = self.redis.job_serializer
-        record = serialize_job(RUN_JOB, (job_id,), {}, None, timestamp_ms(), serializer=serializer)
         keys = [job_key_prefix + job_id, result_key_prefix + job_id, self.queue_name]
-        expires_ms = int(_EXPIRES.total_seconds() * 1000)
-        args: list[bytes | str | int] = [expires_ms, record, job_id, score, wake_channel(self.queue_name)]
+        expires_ms = int(JOB_EXPIRES.total_seconds() * 1000)
+        score = score_of(priority, created_at)
+        args: list[bytes | str | int] = [
+            expires_ms,
+            self.record(job_id),
+            job_id,
+            score,
+            wake_channel(self.queue_name),
+        ]
         return bool(await self._enqueue(keys=keys, args=args))
 
+    def record(self, job_id: str) -> bytes:
+        """What arq stores for a run of `job_id` (under any arq id: the function's argument is the job)."""
+        return serialize_job(
+            RUN_JOB, (job_id,), {}, None, timestamp_ms(), serializer=self.redis.job_serializer
+        )
+
     async def forget(self, job_id: str) -> None:
-        """Drop arq's entry of a run that can never start or finish (its worker died)."""
+        """Drop arq's entries of a run that can never start or finish (its worker died): under the job's id,
+        and under `<id>~<n>`, the ids of the attempts a lock grant queued (service/jobs/locks.py)."""
+        arq_ids = {job_id}
+        async for member, _ in self.redis.zscan_iter(self.queue_name, match=f"{job_id}~*"):
+            arq_ids.add(member.decode())
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.queue_name, job_id)
-            pipe.delete(in_progress_key_prefix + job_id, job_key_prefix + job_id, retry_key_prefix + job_id)
+            for arq_id in arq_ids:
+                pipe.zrem(self.queue_name, arq_id)
+                pipe.delete(
+                    *(
+                        prefix + arq_id
+                        for prefix in (in_progress_key_prefix, job_key_prefix, retry_key_prefix)
+                    )
+                )
             await pipe.execute()
 
     async def signal_cancel(self, job_id: str) -> None:
@@ -144,4 +177,5 @@ class JobQueue:
                 for run in runs:
                     pipe.exists(in_progress_key_prefix + run)
                 running = sum(await pipe.execute())
-        return QueueDepth(queued=len(runs) - running, running=running, inflight=len(runs))
+        blocked = await self.redis.zcard(locks_key(self.queue_name, "waiters"))
+        return QueueDepth(queued=len(runs) - running, running=running, inflight=len(runs), blocked=blocked)

@@ -206,10 +206,14 @@ async def retention(ctx: dict[str, Any]) -> int:
 
 
 async def sweep(ctx: dict[str, Any]) -> int:
-    """Queue stored runs that never reached Redis (it was down at submit) or whose arq entry expired."""
+    """Queue stored runs that never reached Redis (it was down at submit) or whose arq entry expired, and
+    release leases whose release was missed."""
     deps: WorkerDeps = ctx["deps"]
+    await deps.lifecycle.collect_locks()
     async with deps.sessions() as session:
-        return await jobs.requeue_stranded(session, ctx["queue"], older_than_s=deps.settings.sweep_interval)
+        return await jobs.requeue_stranded(
+            session, ctx["queue"], deps.lifecycle.locks, older_than_s=deps.settings.sweep_interval
+        )
 
 
 def worker_settings(settings: Settings) -> type:

@@ -165,6 +165,31 @@ BAD_BODIES: list[tuple[str, dict[str, Any], str]] = [
     ("inventory the source root", {**VALID, "inventory": "."}, "inventory"),
     ("inventory the source root, slash", {**VALID, "inventory": "./"}, "inventory"),
     ("inline hosts a list", {**VALID, "inventory": {"all": {"hosts": ["h1"]}}}, "inventory.all.hosts"),
+    # Host and named locks.
+    ("exclusive as string", {**VALID, "exclusive": "true"}, "exclusive"),
+    ("exclusive as number", {**VALID, "exclusive": 1}, "exclusive"),
+    ("locks a string", {**VALID, "locks": "lb-pool"}, "locks"),
+    ("lock name empty", {**VALID, "locks": [""]}, "locks"),
+    ("lock name with a space", {**VALID, "locks": ["lb pool"]}, "locks"),
+    ("lock name a path", {**VALID, "locks": ["../x"]}, "locks"),
+    ("lock name a template", {**VALID, "locks": ["{{x}}"]}, "locks"),
+    ("lock name with a newline", {**VALID, "locks": ["lb\n"]}, "locks"),
+    ("lock name too long", {**VALID, "locks": ["l" * 65]}, "locks"),
+    ("lock name not a string", {**VALID, "locks": [1]}, "locks"),
+    ("seventeen locks", {**VALID, "locks": [f"l{index}" for index in range(17)]}, "locks"),
+    ("exclusive limit reading a file", {**VALID, "exclusive": True, "limit": "h1,@/etc/hosts"}, "limit"),
+    ("exclusive limit selecting nothing", {**VALID, "exclusive": True, "limit": "nope"}, "limit"),
+    (
+        "exclusive limit outside an inline inventory",
+        {**VALID, "exclusive": True, "inventory": {"all": {"hosts": {"h1": None}}}, "limit": "h2"},
+        "limit",
+    ),
+    ("exclusive on an empty inventory", {**VALID, "exclusive": True, "inventory": {"all": {}}}, "inventory"),
+    (
+        "exclusive implicit localhost limited away",
+        {"playbook": "debug.yml", "exclusive": True, "limit": "web"},
+        "limit",
+    ),
 ]
 
 
@@ -336,6 +361,8 @@ def test_openapi_describes_every_request_field(api: httpx.Client) -> None:
         "timeout",
         "priority",
         "labels",
+        "exclusive",
+        "locks",
     }
     assert request.get("additionalProperties") is False
     undocumented = [name for name, field in request["properties"].items() if not field.get("description")]

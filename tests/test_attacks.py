@@ -393,9 +393,13 @@ def test_an_operator_can_allow_a_magic_name(queued: httpx.Client) -> None:
 def test_inventory_path_never_runs_a_program(target: Target, client: httpx.Client) -> None:
     marker = target.markers / "helper-ran"
     attacks = ["tools/helper.sh", "tools", ".", "./", "tools/../"]
+    # Exclusive runs have their inventory read at submit too, by the API, to say which hosts they target.
     responses = [
-        client.post("/api/v1/jobs", json={"playbook": "debug.yml", "inventory": path}) for path in attacks
+        client.post("/api/v1/jobs", json={"playbook": "debug.yml", "inventory": path, "exclusive": exclusive})
+        for path in attacks
+        for exclusive in (False, True)
     ]
+    attacks = [path for path in attacks for _ in (False, True)]
     for response in responses:
         if response.status_code == 202:
             wait_for(client, response.json()["id"])

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from tests.support import Stack, wait_for
+from tests.support import Stack, wait_for, wait_until
 
 ARS = str(Path(sys.executable).parent / "ars")
 LOCAL3 = "inventory/local3.yml"
@@ -161,3 +161,42 @@ def test_errors_are_clear(stack: Stack, tmp_path: Path) -> None:
     assert "-e: expected key=value" in bad_vars.stderr
     usage = ars(stack, "run")
     assert usage.returncode == 64
+
+
+def test_run_with_locks_and_show_what_a_run_waits_for(
+    stack: Stack, api: httpx.Client, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    holder = ars(
+        stack,
+        "run",
+        "gate.yml",
+        "-i",
+        LOCAL3,
+        "-l",
+        "h2",
+        "--exclusive",
+        "--lock",
+        "lb-pool,dns",
+        "--json",
+        "-e",
+        f"gate={gate}",
+    )
+    assert holder.returncode == 0, holder.stderr
+    held = json.loads(holder.stdout)
+    assert (held["exclusive"], held["targets"], held["locks"]) == (True, ["h2"], ["dns", "lb-pool"])
+    wait_for(api, held["id"], {"running"})
+    waiter = json.loads(ars(stack, "run", "debug.yml", "-i", LOCAL3, "-l", "h2:h3", "-x", "--json").stdout)
+    try:
+        wait_until(
+            lambda: api.get(f"/api/v1/jobs/{waiter['id']}").json()["waiting_for"] is not None,
+            "the run to wait",
+        )
+        shown = ars(stack, "show", waiter["id"]).stdout
+        assert "hosts:       h2, h3 (exclusive)" in shown
+        assert f"waiting for: hosts h2, held by {held['id']}" in shown, shown
+    finally:
+        gate.touch()
+    assert wait_for(api, waiter["id"])["status"] == "successful"
+    plain = json.loads(ars(stack, "run", "debug.yml", "--no-exclusive", "--json").stdout)
+    assert plain["exclusive"] is False

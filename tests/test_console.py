@@ -605,3 +605,52 @@ def test_the_list_filters_and_pages_and_the_job_page_puts_failures_first(
         ),
         "the events of h3 alone",
     )
+
+
+def test_a_waiting_run_says_what_it_waits_for_and_the_form_asks_for_locks(
+    browser: Browser, console: Console, api: httpx.Client, tmp_path: Path
+) -> None:
+    """A run queued behind another's lease shows its hosts, locks and a link to the holder, then starts
+    when the holder ends (the page polls). The run form sends `exclusive` and `locks`."""
+    gate = tmp_path / "gate"
+    holder = submit(
+        api,
+        {
+            "playbook": "gate.yml",
+            "inventory": LOCAL1,
+            "extra_vars": {"gate": str(gate)},
+            "exclusive": True,
+            "locks": ["lb-pool"],
+        },
+    )
+    wait_for(api, holder["id"], {"running"})
+    log_in(browser, console, console.operator)
+    browser.element("#nav-run").click()
+    Select(browser.element("#playbook")).select_by_value("hello.yml")
+    browser.element("#inventory").send_keys(LOCAL1)
+    browser.element("#exclusive").click()
+    browser.element("#locks").send_keys("lb-pool, dns")
+    browser.element("#run-submit").click()
+    browser.wait(ec.url_matches(r"/jobs/[0-9a-f-]{36}$"), "the new job's page")
+    waiter = job_id_of(browser)
+    browser.wait(lambda _: browser.element("#job-waiting").is_displayed(), "the waiting line", timeout=30)
+    assert browser.text("#job-waiting") == (
+        f"Waiting for hosts h1 and locks lb-pool, held by or promised to {holder['id'][:8]}"
+    )
+    link = browser.element("#job-waiting a")
+    assert link.get_attribute("href") == console.url(f"/jobs/{holder['id']}")
+    assert browser.text("#job-targets") == "h1 (exclusive)"
+    assert browser.text("#job-locks") == "dns, lb-pool"
+    assert job_status(browser) == "queued"
+    browser.snap("waiting")
+    browser.open(console.url("/"))
+    row = f"#jobs tr[data-job-id='{waiter}'] td.status"
+    browser.wait(lambda _: "waiting for a lock" in browser.text(row), "the list to say the run waits")
+    assert "waiting" not in browser.text(f"#jobs tr[data-job-id='{holder['id']}'] td.status")
+    browser.open(console.url(f"/jobs/{waiter}"))
+    gate.touch()
+    wait_job_status(browser, "successful")
+    assert not browser.element("#job-waiting").is_displayed()
+    assert (
+        api.get(f"/api/v1/jobs/{waiter}").json()["started_at"] >= wait_for(api, holder["id"])["finished_at"]
+    )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
-import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from tests.support import (
     wait_for,
     wait_until,
 )
+from tests.support.stacks import stop
 
 LOCAL1 = "inventory/local1.yml"
 
@@ -97,12 +97,6 @@ def ran_once_more(stack: Stack, client: httpx.Client, tmp_path: Path) -> None:
 def stack(start_stack: StackFactory) -> Stack:
     """A stack with no worker: each test starts the workers it needs, with the settings it needs."""
     return start_stack(workers=0, WORKER_LOST_AFTER="4", SWEEP_INTERVAL="2")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        process.wait(timeout=60)
 
 
 def test_killed_worker_run_becomes_error_and_is_never_rerun(stack: Stack, tmp_path: Path) -> None:

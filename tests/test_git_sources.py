@@ -565,3 +565,15 @@ def test_a_run_lost_during_its_fetch_is_run_again_once(
         requeues = connection.execute(sa.text("SELECT requeues FROM job WHERE id = :id"), {"id": job["id"]})
         assert requeues.scalar_one() == 1
     engine.dispose()
+
+
+def test_an_exclusive_runs_hosts_are_resolved_on_the_worker(client: httpx.Client, repos: Repos) -> None:
+    """A Git source's inventory is only known once fetched: the worker resolves the targets, and a limit
+    that selects nothing ends the run `error` without running it."""
+    inventory = "inventory/hosts.yml"
+    nothing = submit(client, git_job(repos.app(), limit="nope", inventory=inventory, exclusive=True))
+    ran = submit(client, git_job(repos.app(), limit="local*", inventory=inventory, exclusive=True))
+    nothing, ran = wait_for(client, nothing["id"]), wait_for(client, ran["id"])
+    assert (nothing["status"], nothing["reason"]) == ("error", "limit: selects no host of the inventory")
+    assert (nothing["event_count"], nothing["targets"]) == (0, None)
+    assert (ran["status"], ran["targets"]) == ("successful", ["localhost"])

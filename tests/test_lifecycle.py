@@ -26,6 +26,7 @@ from sqlmodel import col
 from service.config import Settings
 from service.db import create_engine, migrate, session_factory
 from service.jobs.lifecycle import Change, Lifecycle, Transaction, Transition
+from service.jobs.locks import Blockers, Want
 from service.jobs.repository import JobRepository
 from service.live.publish import DELETED, END_EVENT, list_version_key, stream_key, version_key
 from service.models import Job, JobStatus, utcnow
@@ -152,6 +153,24 @@ CASES = [
         lambda tx, job: tx.reap(job, heartbeat_before=utcnow(), lost_after=60),
         Change.lost,
         fields=(*STALE, ("launched_at", utcnow())),
+    ),
+    Case(
+        "record_targets",
+        JobStatus.running,
+        lambda tx, job: tx.record_targets(job.id, ["h1"]),
+        Change.targets_recorded,
+    ),
+    Case(
+        "wait",
+        JobStatus.running,
+        lambda tx, job: tx.wait(job, "w1", Want("x", ("h1",)), Blockers(["h1"], [], ["other"])),
+        Change.waiting,
+    ),
+    Case(
+        "wait_changed",
+        JobStatus.queued,
+        lambda tx, job: tx.wait_changed(job.id, Blockers([], ["lb"], ["other"])),
+        Change.wait_changed,
     ),
     Case(
         "delete",

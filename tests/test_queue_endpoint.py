@@ -41,7 +41,7 @@ def test_queue_depth_counts_waiting_and_running_runs(start_stack: StackFactory, 
         assert forbidden.status_code == 403
         assert forbidden.json()["error"] == "Forbidden"
         # The worker's sweeper cron shares the sorted set; it is not a run.
-        assert _depth(client) == {"queued": 0, "running": 0, "inflight": 0}
+        assert _depth(client) == {"queued": 0, "running": 0, "inflight": 0, "blocked": 0}
 
         run = {"Authorization": f"Bearer {RUN_TOKEN}"}
         read = {"Authorization": f"Bearer {READ_TOKEN}"}
@@ -52,18 +52,18 @@ def test_queue_depth_counts_waiting_and_running_runs(start_stack: StackFactory, 
         )
         client.headers.update(read)
         wait_for(client, blocker["id"], {"running"})
-        assert _depth(client) == {"queued": 0, "running": 1, "inflight": 1}
+        assert _depth(client) == {"queued": 0, "running": 1, "inflight": 1, "blocked": 0}
 
         waiting = [
             submit(client, {"playbook": "debug.yml", "inventory": LOCAL1}, headers=run) for _ in range(2)
         ]
-        assert _depth(client) == {"queued": 2, "running": 1, "inflight": 3}
+        assert _depth(client) == {"queued": 2, "running": 1, "inflight": 3, "blocked": 0}
 
         gate.touch()
         for job in [blocker, *waiting]:
             assert wait_for(client, job["id"])["status"] == "successful"
         wait_until(lambda: _depth(client)["inflight"] == 0, "the queue to drain")
-        assert _depth(client) == {"queued": 0, "running": 0, "inflight": 0}
+        assert _depth(client) == {"queued": 0, "running": 0, "inflight": 0, "blocked": 0}
 
 
 def test_queue_endpoint_public_needs_no_token(start_stack: StackFactory) -> None:
@@ -71,6 +71,6 @@ def test_queue_endpoint_public_needs_no_token(start_stack: StackFactory) -> None
         AUTH_DISABLED="false", API_TOKENS=_entry("ci", "run", RUN_TOKEN), QUEUE_ENDPOINT_PUBLIC="true"
     )
     with stack.client() as client:
-        assert _depth(client, token=None) == {"queued": 0, "running": 0, "inflight": 0}
+        assert _depth(client, token=None) == {"queued": 0, "running": 0, "inflight": 0, "blocked": 0}
         # Only the queue is opened.
         assert client.get("/api/v1/jobs").status_code == 401

@@ -14,6 +14,7 @@ from service.config import Settings
 from service.jobs.lifecycle import Lifecycle
 from service.jobs.views import JobViews
 from service.queue import JobQueue
+from service.runner.targets import TargetResolver
 
 
 async def _settings(request: Request) -> Settings:
@@ -56,3 +57,11 @@ SessionDep = Annotated[AsyncSession, Depends(_session)]
 QueueDep = Annotated[JobQueue, Depends(_queue)]
 ViewsDep = Annotated[JobViews, Depends(_views)]
 LifecycleDep = Annotated[Lifecycle, Depends(_lifecycle)]
+
+
+def _targets(request: Request) -> TargetResolver:
+    targets: TargetResolver = request.app.state.targets
+    return targets
+
+
+TargetsDep = Annotated[TargetResolver, Depends(_targets)]

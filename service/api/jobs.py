@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from service.ansi import strip_ansi
 from service.api.auth import ReadAccess, RunAccess
-from service.api.deps import JobId, LifecycleDep, SessionDep, SettingsDep, ViewsDep
+from service.api.deps import JobId, LifecycleDep, SessionDep, SettingsDep, TargetsDep, ViewsDep
 from service.errors import InvalidRequest, shown
 from service.jobs import service as jobs
 from service.jobs.repository import EventRepository, JobFilters
@@ -66,6 +66,7 @@ async def submit_job(
     response: Response,
     session: SessionDep,
     lifecycle: LifecycleDep,
+    targets: TargetsDep,
     settings: SettingsDep,
     principal: RunAccess,
     idempotency_key: Annotated[
@@ -76,7 +77,9 @@ async def submit_job(
     """Queue a playbook run. The job is stored before it is queued: a 202 is never lost."""
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
         raise InvalidRequest("Idempotency-Key: 1 to 255 printable characters without spaces")
-    job, created = await jobs.submit(session, lifecycle, settings, body, idempotency_key, principal.name)
+    job, created = await jobs.submit(
+        session, lifecycle, settings, body, idempotency_key, principal.name, targets=targets
+    )
     response.headers["Location"] = f"/api/v1/jobs/{job.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

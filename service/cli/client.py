@@ -100,8 +100,11 @@ def _run_request(args: argparse.Namespace) -> dict[str, Any]:
         "verbosity": args.verbose,
         "timeout": args.timeout,
         "priority": args.priority,
+        "locks": _split(args.lock),
     }
     body.update({key: value for key, value in optional.items() if value})
+    if args.exclusive is not None:
+        body["exclusive"] = args.exclusive
     return body
 
 
@@ -190,6 +193,16 @@ def _job_text(job: dict[str, Any]) -> str:
     fields = ["id", "status", "playbook", "rc", "reason", "created_at", "started_at", "finished_at"]
     lines = [f"{name + ':':13}{job[name]}" for name in fields if job.get(name) is not None]
     lines.append(f"{'events:':13}{job['event_count']}")
+    if job.get("targets") is not None:
+        lines.append(
+            f"{'hosts:':13}{', '.join(job['targets'])}" + (" (exclusive)" if job.get("exclusive") else "")
+        )
+    if job.get("locks"):
+        lines.append(f"{'locks:':13}{', '.join(job['locks'])}")
+    if waiting := job.get("waiting_for"):
+        held = [f"hosts {', '.join(waiting['hosts'])}"] if waiting["hosts"] else []
+        held += [f"locks {', '.join(waiting['locks'])}"] if waiting["locks"] else []
+        lines.append(f"{'waiting for:':13}{' and '.join(held)}, held by {', '.join(waiting['jobs'])}")
     text = "\n".join(lines) + "\n"
     if job.get("host_stats"):
         keys = ["ok", "changed", "unreachable", "failures", "skipped", "rescued", "ignored"]
@@ -264,6 +277,18 @@ def add_parsers(commands: Any) -> None:
     run.add_argument("-v", "--verbose", action="count", default=0, help="more Ansible output (up to -vvvv)")
     run.add_argument("--timeout", type=int, help="seconds the run may take")
     run.add_argument("--priority", choices=["high", "default", "low"])
+    run.add_argument(
+        "-x",
+        "--exclusive",
+        action=argparse.BooleanOptionalAction,
+        help="lease the target hosts exclusively for the whole run (default: EXCLUSIVE_DEFAULT)",
+    )
+    run.add_argument(
+        "--lock",
+        action="append",
+        default=[],
+        help="a named lock held for the whole run; comma separated, repeatable",
+    )
     run.add_argument("--source-repo", metavar="URL", help="a Git repository on a configured provider")
     run.add_argument("--ref", help="branch, tag or commit of --source-repo (default: main)")
     run.add_argument(

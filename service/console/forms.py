@@ -12,7 +12,18 @@ import yaml
 
 from service.errors import InvalidRequest
 
-FIELDS = ("playbook", "inventory", "extra_vars", "limit", "tags", "check", "diff", "priority")
+FIELDS = (
+    "playbook",
+    "inventory",
+    "extra_vars",
+    "limit",
+    "tags",
+    "check",
+    "diff",
+    "priority",
+    "exclusive",
+    "locks",
+)
 
 
 class _DataLoader(yaml.SafeLoader):
@@ -87,6 +98,7 @@ def job_body(form: Mapping[str, str], max_depth: int) -> dict[str, Any]:
         "check": "check" in form,
         "diff": "diff" in form,
         "priority": form.get("priority") or "default",
+        "exclusive": "exclusive" in form,
     }
     if form.get("inventory", "").strip():
         body["inventory"] = form["inventory"].strip()
@@ -95,4 +107,7 @@ def job_body(form: Mapping[str, str], max_depth: int) -> dict[str, Any]:
     tags = [tag.strip() for tag in form.get("tags", "").split(",") if tag.strip()]
     if tags:
         body["tags"] = tags
+    locks = [lock.strip() for lock in form.get("locks", "").split(",") if lock.strip()]
+    if locks:
+        body["locks"] = locks
     return body

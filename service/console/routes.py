@@ -17,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from service.api.auth import ANONYMOUS, Authenticator, Principal, check_origin
-from service.api.deps import JOB_ID_PATTERN, LifecycleDep, SessionDep, SettingsDep, ViewsDep
+from service.api.deps import JOB_ID_PATTERN, LifecycleDep, SessionDep, SettingsDep, TargetsDep, ViewsDep
 from service.console.forms import job_body, read_form
 from service.console.sessions import COOKIE
 from service.errors import InvalidRequest, NotFound
@@ -117,6 +117,8 @@ async def run_form(
     if not principal.may("run"):
         return _page(request, "forbidden.html", principal, status_code=403)
     values: dict[str, str] = {"priority": "default"}
+    if settings.exclusive_default:
+        values["exclusive"] = "on"
     if from_job is not None and _JOB_ID.fullmatch(from_job):
         with contextlib.suppress(NotFound):
             values = _form_values(await jobs.get(session, from_job))
@@ -125,7 +127,11 @@ async def run_form(
 
 @router.post("/run", response_class=HTMLResponse)
 async def run_submit(
-    request: Request, session: SessionDep, settings: SettingsDep, lifecycle: LifecycleDep
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    lifecycle: LifecycleDep,
+    targets: TargetsDep,
 ) -> Response:
     principal = _visitor(request)
     if principal is None:
@@ -136,7 +142,7 @@ async def run_submit(
     form = read_form(await request.body())
     try:
         body = JobRequest.model_validate(job_body(form, settings.max_json_depth))
-        job, _ = await jobs.submit(session, lifecycle, settings, body, None, principal.name)
+        job, _ = await jobs.submit(session, lifecycle, settings, body, None, principal.name, targets=targets)
     except InvalidRequest as exc:
         return _run_page(request, principal, settings.playbooks_dir, form, [exc.detail], status_code=422)
     except ValidationError as exc:
@@ -174,7 +180,7 @@ def _run_page(
     )
 
 
-_FORM_FIELDS = {"playbook", "inventory", "extra_vars", "limit", "tags", "priority"}
+_FORM_FIELDS = {"playbook", "inventory", "extra_vars", "limit", "tags", "priority", "exclusive", "locks"}
 
 
 def _form_values(job: Job) -> dict[str, str]:
@@ -185,8 +191,9 @@ def _form_values(job: Job) -> dict[str, str]:
         "limit": job.limit or "",
         "tags": ",".join(job.tags),
         "priority": job.priority,
+        "locks": ",".join(job.locks or ()),
     }
-    values.update({flag: "on" for flag in ("check", "diff") if getattr(job, flag)})
+    values.update({flag: "on" for flag in ("check", "diff", "exclusive") if getattr(job, flag)})
     return values
 
 

@@ -9,6 +9,9 @@ runs once its transaction has committed, and not at all when it rolls back:
   under; newly stored events and the end of a run on the job's live stream;
 - in arq: queue a submitted or requeued run, forget the entry of a run whose worker is gone, tell the
   worker of a running job to cancel it;
+- in the lock table (service/jobs/locks.py): release the leases and the wait of a run that ended or went
+  back to the queue, register a run that must wait; what that grants is queued in arq by the table, and the
+  `waiting_for` of the runs it concerns is written in a transaction of its own (`Change.wait_changed`);
 - the hooks other modules register: `on_change` runs inside the transaction (to write rows of their own
   atomically with the change), `after_commit` after it (metrics, notifications).
 
@@ -38,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.config import Settings
 from service.faults import REDIS_UNAVAILABLE, retry, transient_db
+from service.jobs.locks import Blockers, LockTable, Released, Want
 from service.jobs.repository import EventRepository, JobRepository
 from service.live.publish import Announcements, announce, list_version_key
 from service.models import Job, JobStatus
@@ -62,6 +66,9 @@ class Change(enum.StrEnum):
     requeued = "requeued"
     lost = "lost"
     deleted = "deleted"
+    targets_recorded = "targets_recorded"
+    waiting = "waiting"
+    wait_changed = "wait_changed"
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,8 @@ class _Followups:
     enqueue: list[Job] = field(default_factory=list)
     forget: list[str] = field(default_factory=list)
     cancel: list[str] = field(default_factory=list)
+    release: list[str] = field(default_factory=list)
+    wait: list[tuple[Job, Want, Blockers]] = field(default_factory=list)
 
 
 class Transaction:
@@ -170,6 +179,7 @@ class Transaction:
         ):
             return False
         self._followups.announcements.ended[job.id] = event_count
+        self._followups.release.append(job.id)
         await self._changed(Transition(Change.finished, job.id, status, job))
         return True
 
@@ -178,6 +188,7 @@ class Transaction:
         commit, and reads the flag from the database too). None when the job is finished already."""
         if await self.jobs.cancel_queued(job_id):
             self._followups.announcements.ended[job_id] = 0
+            self._followups.release.append(job_id)
             await self._changed(Transition(Change.canceled, job_id, JobStatus.canceled))
             return Change.canceled
         if await self.jobs.request_cancel(job_id):
@@ -191,16 +202,37 @@ class Transaction:
         (once), else ended `error`. None if a heartbeat came in since it was found stale."""
         if await self.jobs.requeue_lost(job.id, heartbeat_before=heartbeat_before, max_requeues=MAX_REQUEUES):
             self._followups.forget.append(job.id)
+            self._followups.release.append(job.id)
             self._followups.enqueue.append(job)
             await self._changed(Transition(Change.requeued, job.id, JobStatus.queued, job))
             return Change.requeued
         reason = f"worker lost: {job.worker_id} gave no sign of life for {lost_after} s"
         if await self.jobs.mark_lost(job.id, heartbeat_before=heartbeat_before, reason=reason):
             self._followups.forget.append(job.id)
+            self._followups.release.append(job.id)
             self._followups.announcements.ended[job.id] = job.event_count
             await self._changed(Transition(Change.lost, job.id, JobStatus.error, job))
             return Change.lost
         return None
+
+    async def record_targets(self, job_id: str, targets: list[str]) -> None:
+        """The hosts a run targets, once resolved (GET /jobs/{id} shows them)."""
+        await self.jobs.set_targets(job_id, targets)
+        await self._changed(Transition(Change.targets_recorded, job_id, JobStatus.running))
+
+    async def wait(self, job: Job, worker_id: str, want: Want, blockers: Blockers) -> bool:
+        """running → queued for a run whose leases are taken: it leaves its worker, and is registered as a
+        waiter once committed (queued in arq when granted). False when a cancel was asked meanwhile."""
+        if not await self.jobs.wait(job.id, worker_id, blockers.as_dict()):
+            return False
+        self._followups.wait.append((job, want, blockers))
+        await self._changed(Transition(Change.waiting, job.id, JobStatus.queued, job))
+        return True
+
+    async def wait_changed(self, job_id: str, blockers: Blockers | None) -> None:
+        """What a waiting run waits for changed (None: granted, it is queued for a worker)."""
+        if await self.jobs.set_waiting_for(job_id, None if blockers is None else blockers.as_dict()):
+            await self._changed(Transition(Change.wait_changed, job_id, JobStatus.queued))
 
     async def delete(self, job_ids: Sequence[str]) -> int:
         """Finished jobs whose events are deleted already (retention). Their tokens say so: the API drops
@@ -225,6 +257,7 @@ class Lifecycle:
         self._redis = redis
         self._queue = queue
         self._settings = settings
+        self.locks = LockTable(redis, settings.queue_name)
         self.in_transaction: list[InTransaction] = []
         self._after_commit: list[AfterCommit] = []
 
@@ -262,6 +295,56 @@ class Lifecycle:
 
         return await retry(once, transient=transient_db, what=what, for_s=retry_for)
 
+    async def collect_locks(self) -> int:
+        """Release the leases and waits of runs that are neither queued nor running: a release missed while
+        Redis was away, or a rebuild that raced an end. Returns how many."""
+        known = await self.locks.known()
+        if not known:
+            return 0
+        async with self.sessions() as session:
+            statuses = await JobRepository(session).statuses(sorted(known))
+        stale = sorted(job_id for job_id in known if statuses.get(job_id) not in ("queued", "running"))
+        if stale:
+            waits: dict[str, Blockers | None] = {}
+            await self._release(stale, waits)
+            if waits:
+                await self._record_waits(waits)
+            log.warning("released leases of runs that ended", jobs=stale)
+        return len(stale)
+
+    async def _release(self, job_ids: list[str], waits: dict[str, Blockers | None]) -> None:
+        released: Released = await self.locks.release(job_ids)
+        waits |= dict.fromkeys(released.granted) | released.changed
+
+    async def _register(
+        self, job: Job, want: Want, blockers: Blockers, waits: dict[str, Blockers | None]
+    ) -> None:
+        record = self._queue.record(job.id)
+        acquired = await self.locks.acquire(job.id, job.priority, job.created_at, want, record=record)
+        if acquired.outcome in ("granted", "waiting"):
+            # Granted (what blocked it ended meanwhile), or blocked by others than `waiting_for` says.
+            if acquired.blockers != blockers:
+                waits[job.id] = acquired.blockers
+        else:
+            # Redis lost the lock table meanwhile: the sweeper queues the run again, and it starts over.
+            log.warning("wait not registered", job_id=job.id, outcome=acquired.outcome)
+
+    async def _record_waits(self, waits: dict[str, Blockers | None]) -> None:
+        """`waiting_for` of runs whose wait a follow-up changed: best effort, a later change writes it
+        again, and a claim clears it."""
+
+        async def record(transaction: Transaction) -> None:
+            for job_id, blockers in waits.items():
+                await transaction.wait_changed(job_id, blockers)
+
+        try:
+            await self.run(record, what="record waits", retry_for=self._settings.db_retry_for)
+        except Exception as exc:
+            if not transient_db(exc):
+                log.exception("waiting_for not recorded")
+            else:
+                log.warning("waiting_for not recorded", error=str(exc).splitlines()[0])
+
     async def _follow_up(self, transaction: Transaction) -> None:
         # Each step on its own: the transaction committed whatever Redis does. Without them, kept copies of a
         # view expire on their own, readers fall back to the database, the sweeper queues stored runs, and a
@@ -289,6 +372,15 @@ class Lifecycle:
         steps += [
             ("signal cancel", partial(self._queue.signal_cancel, job_id)) for job_id in followups.cancel
         ]
+        # Leases are released before waits are registered: what one frees, the other may take at once.
+        # Missed ones (Redis away) are caught by the sweeper (`collect_locks`).
+        waits: dict[str, Blockers | None] = {}
+        if followups.release:
+            steps.append(("release leases", partial(self._release, followups.release, waits)))
+        steps += [
+            ("register wait", partial(self._register, job, want, blockers, waits))
+            for job, want, blockers in followups.wait
+        ]
         for what, step in steps:
             try:
                 await step()
@@ -297,6 +389,8 @@ class Lifecycle:
             except RedisError:
                 # A bug, said loudly; the change itself is committed and must not look failed to its caller.
                 log.exception("committed change not followed up", step=what)
+        if waits:
+            await self._record_waits(waits)
         for transition in transaction.transitions:
             for hook in self._after_commit:
                 try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -27,6 +27,14 @@ class JobFilters:
 # (it looks for objects to keep in sync), several times the cost of the statement on a worker's hot path.
 _JOB_TABLE = cast(sa.Table, Job.__table__)  # type: ignore[attr-defined]
 _EVENT_TABLE = cast(sa.Table, JobEvent.__table__)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Lease:
+    job_id: str
+    exclusive: bool
+    targets: list[str] | None
+    locks: list[str] | None
 
 
 def _rowcount(result: sa.Result[Any]) -> int:
@@ -106,6 +114,7 @@ class JobRepository:
                 cancel_requested=True,
                 finished_at=utcnow(),
                 reason="canceled before it started",
+                waiting_for=None,
             )
         )
         return _rowcount(result) == 1
@@ -134,9 +143,67 @@ class JobRepository:
                     ),
                 ),
             )
-            .values(status=JobStatus.running, started_at=now, heartbeat_at=now, worker_id=worker_id)
+            .values(
+                status=JobStatus.running,
+                started_at=now,
+                heartbeat_at=now,
+                worker_id=worker_id,
+                waiting_for=None,
+            )
         )
         return _rowcount(result) == 1
+
+    async def wait(self, job_id: str, worker_id: str, waiting_for: Mapping[str, Sequence[str]]) -> bool:
+        """running → queued for a run of this worker that must wait for leases before it launched, unless
+        a cancel was asked meanwhile."""
+        job = _JOB_TABLE.c
+        result = await self.session.execute(
+            sa.update(_JOB_TABLE)
+            .where(
+                job.id == job_id,
+                job.status == JobStatus.running,
+                job.worker_id == worker_id,
+                job.launched_at.is_(None),
+                job.cancel_requested.is_(False),
+            )
+            .values(
+                status=JobStatus.queued,
+                worker_id=None,
+                started_at=None,
+                heartbeat_at=None,
+                waiting_for=waiting_for,
+            )
+        )
+        return _rowcount(result) == 1
+
+    async def set_waiting_for(self, job_id: str, waiting_for: Mapping[str, Sequence[str]] | None) -> bool:
+        """What a queued run waits for now (None: nothing, it was granted its leases)."""
+        job = _JOB_TABLE.c
+        result = await self.session.execute(
+            sa.update(_JOB_TABLE)
+            .where(job.id == job_id, job.status == JobStatus.queued)
+            .values(waiting_for=waiting_for)
+        )
+        return _rowcount(result) == 1
+
+    async def set_targets(self, job_id: str, targets: Sequence[str]) -> None:
+        await self.session.execute(
+            sa.update(_JOB_TABLE).where(_JOB_TABLE.c.id == job_id).values(targets=targets)
+        )
+
+    async def leases(self) -> Sequence[Lease]:
+        """Every running job's lease fields: what it holds or may hold."""
+        job = _JOB_TABLE.c
+        query = sa.select(job.id, job.exclusive, job.targets, job.locks).where(
+            job.status == JobStatus.running
+        )
+        return [Lease(*row) for row in (await self.session.execute(query)).all()]
+
+    async def statuses(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """The status of each of these jobs that exists."""
+        job = _JOB_TABLE.c
+        result = await self.session.execute(sa.select(job.id, job.status).where(job.id.in_(job_ids)))
+        return {job_id: status for job_id, status in result.all()}
 
     async def launch(self, job_id: str, worker_id: str) -> bool:
         """Record that ansible-playbook is about to start for this worker's run."""

@@ -12,6 +12,7 @@ from pydantic_core import to_json
 
 from service.errors import CONTROL, shown
 from service.jobs.hosts import check_limit
+from service.jobs.locks import LOCK_NAME, MAX_LOCKS
 from service.models import Job, JobEvent
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -102,6 +103,16 @@ class JobRequest(BaseModel):
     labels: dict[str, Annotated[str, StringConstraints(max_length=256)]] = Field(
         default_factory=dict, description="free key/value labels, filterable with `GET /jobs?label=k=v`"
     )
+    exclusive: bool | None = Field(
+        default=None,
+        description="lease the run's target hosts (inventory after `limit`) exclusively for the whole run; "
+        "none: EXCLUSIVE_DEFAULT",
+    )
+    locks: list[str] = Field(
+        default_factory=list,
+        description=f"named exclusive locks held for the whole run (at most {MAX_LOCKS}, each "
+        f"`{LOCK_NAME.pattern[1:-2]}`)",
+    )
 
     @field_validator("limit")
     @classmethod
@@ -110,6 +121,16 @@ class JobRequest(BaseModel):
             return None
         check_limit(_no_option(value, "limit"))
         return value
+
+    @field_validator("locks")
+    @classmethod
+    def _lock_names(cls, names: list[str]) -> list[str]:
+        if len(names) > MAX_LOCKS:
+            raise ValueError(f"at most {MAX_LOCKS} locks")
+        for name in names:
+            if not LOCK_NAME.match(name):
+                raise ValueError(f"lock name {shown(name)} must match {LOCK_NAME.pattern[1:-2]}")
+        return sorted(set(names))
 
     @field_validator("tags", "skip_tags")
     @classmethod
@@ -174,6 +195,16 @@ class JobOut(BaseModel):
     event_count: int
     cancel_requested: bool
     submitted_by: str | None = Field(description="name of the API token that submitted the run")
+    exclusive: bool = Field(description="the run's target hosts are leased exclusively")
+    locks: list[str] | None = Field(description="named locks held for the whole run")
+    targets: list[str] | None = Field(
+        description="the hosts the run targets (inventory names), once resolved: for an exclusive run, "
+        "and for a run that had to wait for an exclusive one"
+    )
+    waiting_for: dict[str, list[str]] | None = Field(
+        description='while queued behind leases: {"hosts", "locks", "jobs"}: what it waits for and the runs '
+        "holding them or waiting ahead for them; null otherwise"
+    )
 
     @classmethod
     def of(cls, job: Job | Mapping[Any, Any]) -> JobOut:

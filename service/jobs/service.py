@@ -7,6 +7,7 @@ import binascii
 import uuid
 from datetime import datetime, timedelta
 
+import anyio
 import structlog
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,6 +16,7 @@ from service.config import Settings
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.jobs.checks import check_job
 from service.jobs.lifecycle import Lifecycle
+from service.jobs.locks import LockTable
 from service.jobs.repository import EventRepository, JobFilters, JobRepository
 from service.jobs.schemas import (
     EVENT_COLUMNS,
@@ -26,6 +28,7 @@ from service.jobs.schemas import (
 )
 from service.models import Job, JobStatus, utcnow
 from service.queue import JobQueue
+from service.runner.targets import TargetResolver
 
 log = structlog.get_logger(__name__)
 
@@ -37,6 +40,8 @@ async def submit(
     request: JobRequest,
     idempotency_key: str | None,
     submitted_by: str,
+    *,
+    targets: TargetResolver,
 ) -> tuple[Job, bool]:
     """Store and queue a run. Returns (job, created); created is False for a repeated Idempotency-Key.
 
@@ -70,11 +75,16 @@ async def submit(
         timeout=request.timeout,
         priority=request.priority,
         labels=request.labels,
+        exclusive=settings.exclusive_default if request.exclusive is None else request.exclusive,
+        locks=request.locks,
         idempotency_key=idempotency_key,
         submitted_by=submitted_by,
         created_at=utcnow(),
     )
-    check_job(job, settings, source_root=None)
+    checked = check_job(job, settings, source_root=None)
+    if job.exclusive and checked.location is None:
+        # A bundled playbook's inventory is at hand: a limit that selects nothing is the request's error.
+        job.targets = await anyio.to_thread.run_sync(targets.bundled, job, checked.inventory)
     try:
         async with lifecycle.transaction() as transaction:
             await transaction.submit(job)
@@ -152,13 +162,19 @@ async def event_page(session: AsyncSession, job_id: str, *, after: int, limit: i
     return event_page_json(rows), len(rows) == limit
 
 
-async def requeue_stranded(session: AsyncSession, queue: JobQueue, *, older_than_s: float) -> int:
-    """Queue stored runs that arq does not hold (Redis was down at submit, or the arq entry expired)."""
+async def requeue_stranded(
+    session: AsyncSession, queue: JobQueue, locks: LockTable, *, older_than_s: float
+) -> int:
+    """Queue stored runs that arq does not hold (Redis was down at submit, or the arq entry expired) and
+    that the lock table does not queue itself (waiting for leases, or granted them)."""
     jobs = await JobRepository(session).queued(
         created_before=utcnow() - timedelta(seconds=older_than_s), limit=1000
     )
+    kept = await locks.kept([job.id for job in jobs])
     queued = 0
     for job in jobs:
+        if job.id in kept:
+            continue
         if await queue.enqueue(job.id, job.priority, job.created_at):
             queued += 1
             log.info("requeued a stored run", job_id=job.id)

@@ -19,15 +19,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.config import Settings
 from service.errors import Canceled, ServiceError
-from service.faults import transient_db
+from service.faults import retry, transient_db, transient_redis
 from service.jobs.checks import check_job
-from service.jobs.lifecycle import Lifecycle
+from service.jobs.lifecycle import Lifecycle, Transaction
+from service.jobs.locks import Blockers, Want, rebuild_locks
 from service.jobs.repository import EventRepository, JobRepository
 from service.metrics import WorkerMetrics
 from service.models import Job, JobStatus
 from service.redaction import Redactor
 from service.runner.events import STATS_EVENT, EventChannel, host_stats, read_event_files, to_row
 from service.runner.execute import RunOutcome, run_ansible
+from service.runner.targets import TargetsError, no_targets_reason, resolve_targets
 from service.runner.workspace import Workspace, create_private_dir, fetch_source, prepare
 from service.sources.git import MirrorCache
 
@@ -207,6 +209,11 @@ def _final(
 
 
 async def execute_run(deps: WorkerDeps, job_id: str) -> None:
+    if job_id in deps.cancels:
+        # Two arq entries of one run (the sweeper's and a lock grant's): the claim would let this worker
+        # take it twice (it takes back its own unlaunched claim), so the second one stops here.
+        log.info("not claimed: this worker runs it already")
+        return
     # Listening before the claim: a cancel can be asked as soon as the claim is committed.
     cancel = deps.cancels[job_id] = threading.Event()
     try:
@@ -253,6 +260,8 @@ async def _execute_claimed(deps: WorkerDeps, job: Job, cancel: threading.Event) 
     channel = EventChannel(asyncio.get_running_loop(), deps.settings.event_buffer_size)
     deps.channels.add(channel)
     try:
+        if not await _take_leases(deps, job, workspace):
+            return
         if not await _launch(deps, job):
             log.warning("run not started: it is no longer this worker's")
             return
@@ -297,6 +306,89 @@ async def _execute_claimed(deps: WorkerDeps, job: Job, cancel: threading.Event) 
         deps.channels.discard(channel)
         if not deps.settings.keep_work_dirs:
             await anyio.to_thread.run_sync(workspace.remove)
+
+
+async def _take_leases(deps: WorkerDeps, job: Job, workspace: Workspace) -> bool:
+    """Hold every lease the run needs (service/jobs/locks.py) before it launches. False when it does not
+    launch here: it waits, off this worker (queued again, registered as a waiter), or it ended."""
+    table = deps.lifecycle.locks
+    targets = job.targets
+    if job.exclusive and targets is None and (targets := await _resolve(deps, job, workspace)) is None:
+        return False
+    while True:
+        want = Want.of(job.exclusive, targets, job.locks or ())
+        acquired = await retry(
+            partial(table.acquire, job.id, job.priority, job.created_at, want),
+            transient=transient_redis,
+            what="take leases",
+        )
+        if acquired.outcome == "granted":
+            if not want.asks_nothing:
+                log.info("leases taken", kind=want.kind, hosts=list(want.hosts), locks=list(want.locks))
+            return True
+        if acquired.outcome == "rebuild":
+            await rebuild_locks(deps.sessions, table)
+        elif acquired.outcome == "resolve":
+            if (targets := await _resolve(deps, job, workspace)) is None:
+                return False
+        else:
+            assert acquired.blockers is not None
+            blockers = acquired.blockers
+            waiting = await deps.lifecycle.run(
+                partial(_wait, job=job, worker_id=deps.worker_id, want=want, blockers=blockers),
+                what="wait for leases",
+                retry_for=deps.settings.db_retry_for,
+            )
+            if waiting:
+                log.info("waiting for leases", **blockers.as_dict())
+            elif await _cancel_requested(deps, job.id):
+                await _finish(deps, job, JobStatus.canceled, reason="canceled by request", events=0)
+            else:
+                log.warning("run not started: it is no longer this worker's")
+            return False
+
+
+async def _cancel_requested(deps: WorkerDeps, job_id: str) -> bool:
+    async with deps.sessions() as session:
+        job = await JobRepository(session).get(job_id)
+    return job is not None and job.worker_id == deps.worker_id and job.cancel_requested
+
+
+async def _wait(
+    transaction: Transaction, *, job: Job, worker_id: str, want: Want, blockers: Blockers
+) -> bool:
+    return await transaction.wait(job, worker_id, want, blockers)
+
+
+async def _resolve(deps: WorkerDeps, job: Job, workspace: Workspace) -> list[str] | None:
+    """The run's target hosts, recorded; None after ending the run `error` when there are none or Ansible
+    cannot read the inventory."""
+    try:
+        targets = await anyio.to_thread.run_sync(
+            partial(
+                resolve_targets,
+                deps.settings,
+                job.id,
+                inventory=workspace.inventory,
+                limit=job.limit,
+                cwd=workspace.project_dir,
+                extra_environment=workspace.environment,
+            )
+        )
+    except TargetsError as exc:
+        await _finish(
+            deps, job, JobStatus.error, reason=f"could not resolve the target hosts: {exc}", events=0
+        )
+        return None
+    if not targets:
+        await _finish(deps, job, JobStatus.error, reason=no_targets_reason(job.limit), events=0)
+        return None
+    await deps.lifecycle.run(
+        lambda transaction: transaction.record_targets(job.id, targets),
+        what="record targets",
+        retry_for=deps.settings.db_retry_for,
+    )
+    return targets
 
 
 async def _prepare(deps: WorkerDeps, job: Job, cancel: threading.Event) -> Workspace | None:

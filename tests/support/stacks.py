@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from urllib.parse import urlsplit
 
 from harness.processes import Stack, api_command, start_process, wait_http
@@ -20,3 +21,10 @@ def restart_api(stack: Stack) -> None:
     process = start_process(api_command(port), stack.env, log)
     stack.processes[0] = process
     wait_http(f"{stack.base_url}/health", process, log)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a process the test started (a worker), then wait for it to exit."""
+    if process.poll() is None:
+        process.terminate()
+        process.wait(timeout=60)

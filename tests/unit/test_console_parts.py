@@ -80,7 +80,7 @@ def test_a_very_deep_document_is_refused_not_a_crash() -> None:
 def test_a_form_becomes_the_apis_body() -> None:
     form = read_form(
         b"playbook=site.yml&inventory=+inv%2Fhosts.yml+&extra_vars=who%3A+x&limit=web&tags=a%2C+b%2C&check=on"
-        b"&priority=high&unknown=dropped"
+        b"&priority=high&exclusive=on&locks=+lb-pool%2C+dns+&unknown=dropped"
     )
     body = job_body(form, max_depth=32)
     assert body == {
@@ -92,6 +92,8 @@ def test_a_form_becomes_the_apis_body() -> None:
         "check": True,
         "diff": False,
         "priority": "high",
+        "exclusive": True,
+        "locks": ["lb-pool", "dns"],
     }
     JobRequest.model_validate(body)
 

@@ -69,6 +69,10 @@ def _job(**fields: Any) -> dict[str, Any]:
         "event_count": 12,
         "cancel_requested": False,
         "submitted_by": "ci",
+        "exclusive": True,
+        "locks": ["lb-pool", "db:primary"],
+        "targets": ["web1", "db1"],
+        "waiting_for": None,
     }
     return row | fields
 
@@ -95,6 +99,14 @@ JOB_ROWS = [
         _job(id="q", status="queued", inventory="inventory/hosts.yml", started_at=None, finished_at=None),
         _job(id="n", inventory=None, host_stats=None, rc=None, reason=None, forks=None, submitted_by=None),
         _job(id="e", host_stats={}, labels={}, extra_vars={}, source_commit=None),
+        _job(
+            id="w",
+            status="queued",
+            exclusive=False,
+            locks=None,
+            targets=None,
+            waiting_for={"hosts": ["web1"], "locks": [], "jobs": ["x"]},
+        ),
     ],
 ]
 

@@ -170,7 +170,8 @@ function jobsPage() {
       row.dataset.status = job.status;
       const labels = Object.entries(job.labels || {}).map(([key, value]) => el("span", { className: "label", textContent: `${key}=${value}` }));
       row.append(
-        el("td", { className: "status" }, statusBadge(job.status)),
+        el("td", { className: "status" }, statusBadge(job.status),
+          job.waiting_for ? el("span", { className: "hint", textContent: " waiting for a lock" }) : ""),
         el("td", { className: "playbook" }, el("a", { href: `/jobs/${encodeURIComponent(job.id)}`, textContent: job.playbook })),
         el("td", { className: "source", textContent: describeSource(job.source) }),
         el("td", { className: "submitted-by", textContent: job.submitted_by || "" }),
@@ -221,7 +222,7 @@ function jobsPage() {
 function requestOf(job) {
   const request = {};
   for (const name of ["playbook", "source", "inventory", "extra_vars", "limit", "tags", "skip_tags", "check",
-    "diff", "verbosity", "forks", "timeout", "priority", "labels"]) {
+    "diff", "verbosity", "forks", "timeout", "priority", "labels", "exclusive", "locks"]) {
     if (job[name] !== null && job[name] !== undefined) request[name] = job[name];
   }
   return request;
@@ -258,10 +259,28 @@ function jobPage() {
     document.getElementById("job-source").textContent = describeSource(job.source);
     document.getElementById("job-commit").textContent = job.source_commit || "—";
     document.getElementById("job-submitted-by").textContent = job.submitted_by || "";
+    document.getElementById("job-targets").textContent =
+      (job.targets ? job.targets.join(", ") : "not resolved") + (job.exclusive ? " (exclusive)" : "");
+    document.getElementById("job-locks").textContent = job.locks && job.locks.length ? job.locks.join(", ") : "—";
+    showWaiting(job.waiting_for);
     document.getElementById("job-request").textContent = JSON.stringify(requestOf(job), null, 2);
     const cancel = document.getElementById("cancel");
     if (cancel) cancel.hidden = FINISHED.has(job.status);
     if (job.host_stats) showRecap(job.host_stats);
+  }
+
+  function showWaiting(waiting) {
+    const line = document.getElementById("job-waiting");
+    line.hidden = !waiting;
+    if (!waiting) return;
+    const what = [];
+    if (waiting.hosts.length) what.push(`hosts ${waiting.hosts.join(", ")}`);
+    if (waiting.locks.length) what.push(`locks ${waiting.locks.join(", ")}`);
+    line.replaceChildren(`Waiting for ${what.join(" and ")}, held by or promised to `);
+    waiting.jobs.forEach((id, index) => {
+      if (index) line.append(", ");
+      line.append(el("a", { href: `/jobs/${encodeURIComponent(id)}`, textContent: id.slice(0, 8) }));
+    });
   }
 
   function showRecap(stats) {
