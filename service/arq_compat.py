@@ -3,7 +3,8 @@
 `tests/test_arq_compat.py` fails when an arq upgrade changes any of them:
 
 - what an enqueue writes (`serialize_job`, the job and result key prefixes): service/queue.py writes it in
-  one Lua script, with the wake-up, where arq's `enqueue_job` takes four round trips;
+  one Lua script, with the wake-up, where arq's `enqueue_job` takes four round trips, and the lock table's
+  grant (service/jobs/locks.py) writes the same record for a run it queues;
 - the in-progress and retry key prefixes, read to count running runs and dropped for a run whose worker is
   gone (service/queue.py);
 - `Worker._poll_iteration` and `Worker._release_sem_dec_counter_on_complete`, which `WokenWorker` extends.

@@ -54,7 +54,7 @@ def test_exclusive_shared_and_unknown_hosts(backends: Backends) -> None:
         assert (await table.acquire("plain", "default", at(0), Want("u"))).outcome == "granted"
         # A run whose hosts are unknown holds them all, for an exclusive want.
         blocked = await table.acquire("a", "default", at(1), x("h1", "h2"))
-        assert (blocked.outcome, blocked.blockers) == ("blocked", Blockers([], [], ["plain"]))
+        assert (blocked.outcome, blocked.blockers) == ("blocked", Blockers(["h1", "h2"], [], ["plain"]))
         await table.release(["plain"])
         assert (await table.acquire("a", "default", at(1), x("h1", "h2"))).outcome == "granted"
         # Asked again by the same run: granted again, nothing changes.
@@ -161,8 +161,8 @@ def test_restore_happens_once_and_a_restored_run_asks_again(backends: Backends) 
         assert await table.restore({"running": Want("u"), "other": s("h1")})
         assert not await table.restore({})
         # A restored run with unknown hosts blocks exclusive wants until it ends or asks again.
-        assert (await table.acquire("a", "default", at(1), x("h1"))).blockers == Blockers(
-            ["h1"], [], ["other", "running"]
+        assert (await table.acquire("a", "default", at(1), x("h1", "h5"))).blockers == Blockers(
+            ["h1", "h5"], [], ["other", "running"]
         )
         # The restored run asks itself: decided again, without what was restored for it.
         assert (await table.acquire("other", "default", at(0), s("h1"))).outcome == "granted"

@@ -10,7 +10,7 @@ import itertools
 import signal
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,14 @@ class Journal:
     """Where runs of journal.yml write their start and end lines, one file per host."""
 
     path: Path
+    gates: list[Path] = field(default_factory=list)
+
+    def gate(self, name: str) -> Path:
+        """A file a run waits for (`gate=`); every gate is opened when the test ends, however it ends, so
+        that a failed test leaves no run holding a host for the next."""
+        gate = self.path.parent / f"gate-{name}"
+        self.gates.append(gate)
+        return gate
 
     def body(self, tag: str, *, gate: Path | None = None, hold: float = 0, **fields: Any) -> dict[str, Any]:
         extra: dict[str, Any] = {"tag": tag, "journal": str(self.path), "hold": hold}
@@ -56,10 +64,13 @@ class Journal:
 
 
 @pytest.fixture
-def journal(tmp_path: Path) -> Journal:
+def journal(tmp_path: Path) -> Iterator[Journal]:
     path = tmp_path / f"journal-{uuid.uuid4().hex[:8]}"
     path.mkdir()
-    return Journal(path)
+    journal = Journal(path)
+    yield journal
+    for gate in journal.gates:
+        gate.touch()
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +99,9 @@ def at_gate(journal: Journal, host: str, tag: str) -> bool:
 
 
 def test_exclusive_runs_on_a_shared_host_wait_and_disjoint_ones_do_not(
-    client: httpx.Client, journal: Journal, tmp_path: Path
+    client: httpx.Client, journal: Journal
 ) -> None:
-    gate = tmp_path / "gate-a"
+    gate = journal.gate("a")
     holder = submit(client, journal.body("a", gate=gate, exclusive=True, limit="h1"))
     wait_until(lambda: at_gate(journal, "h1", "a"), "the holder to start on h1")
     assert job(client, holder["id"])["targets"] == ["h1"]
@@ -130,9 +141,9 @@ def test_exclusive_runs_on_a_shared_host_wait_and_disjoint_ones_do_not(
 
 
 def test_a_run_that_asks_nothing_waits_for_an_exclusive_one_and_two_plain_runs_overlap(
-    client: httpx.Client, journal: Journal, tmp_path: Path
+    client: httpx.Client, journal: Journal
 ) -> None:
-    together = tmp_path / "gate-together"
+    together = journal.gate("together")
     first = submit(client, journal.body("p1", gate=together, limit="h1"))
     second = submit(client, journal.body("p2", gate=together, limit="h1"))
     wait_until(lambda: at_gate(journal, "h1", "p1") and at_gate(journal, "h1", "p2"), "both on h1 at once")
@@ -141,7 +152,7 @@ def test_a_run_that_asks_nothing_waits_for_an_exclusive_one_and_two_plain_runs_o
     # Runs that ask for nothing are not resolved while no exclusive want exists.
     assert job(client, first["id"])["targets"] is None
 
-    gate = tmp_path / "gate-x"
+    gate = journal.gate("x")
     holder = submit(client, journal.body("x", gate=gate, exclusive=True, limit="h1"))
     wait_until(lambda: at_gate(journal, "h1", "x"), "the exclusive run to start")
     plain = submit(client, journal.body("plain", limit="h1:h2"))
@@ -158,10 +169,30 @@ def test_a_run_that_asks_nothing_waits_for_an_exclusive_one_and_two_plain_runs_o
     assert journal.lines("h1")[-4:] == ["start x", "end x", "start plain", "end plain"]
 
 
-def test_named_locks_serialise_runs_on_different_hosts(
-    client: httpx.Client, journal: Journal, tmp_path: Path
-) -> None:
-    gate = tmp_path / "gate-lb"
+def test_an_exclusive_run_waits_for_a_plain_run_already_going(client: httpx.Client, journal: Journal) -> None:
+    """A run that asked for nothing started without resolving its hosts: it may touch any, so an exclusive
+    run waits for it; a plain run elsewhere still goes."""
+    gate = journal.gate("plain")
+    plain = submit(client, journal.body("p", gate=gate, limit="h1"))
+    wait_until(lambda: at_gate(journal, "h1", "p"), "the plain run to start")
+    exclusive = submit(client, journal.body("x", exclusive=True, limit="h1,h2"))
+    wait_until(lambda: waiting(client, exclusive["id"]), "the exclusive run to wait")
+    assert job(client, exclusive["id"])["waiting_for"] == {
+        "hosts": ["h1", "h2"],
+        "locks": [],
+        "jobs": [plain["id"]],
+    }
+    elsewhere = wait_for(client, submit(client, journal.body("e", limit="h3"))["id"])
+    assert (elsewhere["status"], elsewhere["targets"]) == ("successful", ["h3"])
+    gate.touch()
+    done_plain, done_exclusive = wait_for(client, plain["id"]), wait_for(client, exclusive["id"])
+    assert done_exclusive["status"] == "successful"
+    assert done_exclusive["started_at"] >= done_plain["finished_at"]
+    assert journal.assert_no_overlap("h1") == ["p", "x"]
+
+
+def test_named_locks_serialise_runs_on_different_hosts(client: httpx.Client, journal: Journal) -> None:
+    gate = journal.gate("lb")
     holder = submit(client, journal.body("a", gate=gate, limit="h1", locks=["lb-pool", "dns"]))
     wait_until(lambda: at_gate(journal, "h1", "a"), "the lock holder to start")
     other = submit(client, journal.body("b", limit="h3", locks=["lb-pool"]))
@@ -193,9 +224,9 @@ def test_reversed_host_orders_submitted_together_all_complete(client: httpx.Clie
 
 
 def test_waiters_start_by_priority_then_submit_order_and_a_waiting_run_cancels_at_once(
-    client: httpx.Client, journal: Journal, tmp_path: Path
+    client: httpx.Client, journal: Journal
 ) -> None:
-    gate = tmp_path / "gate-order"
+    gate = journal.gate("order")
     submit(client, journal.body("holder", gate=gate, exclusive=True, limit="h2"))
     wait_until(lambda: at_gate(journal, "h2", "holder"), "the holder to start")
     waiters = {}
@@ -225,9 +256,9 @@ def test_waiters_start_by_priority_then_submit_order_and_a_waiting_run_cancels_a
 
 
 def test_a_lock_table_lost_with_redis_is_rebuilt_from_the_database(
-    lock_stack: Stack, client: httpx.Client, journal: Journal, tmp_path: Path
+    lock_stack: Stack, client: httpx.Client, journal: Journal
 ) -> None:
-    gate = tmp_path / "gate-rebuild"
+    gate = journal.gate("rebuild")
     holder = submit(client, journal.body("a", gate=gate, exclusive=True, limit="h1"))
     wait_until(lambda: at_gate(journal, "h1", "a"), "the holder to start")
     store = redis.Redis.from_url(lock_stack.env["REDIS_URL"])
@@ -249,10 +280,8 @@ def fault_stack(start_stack: StackFactory) -> Stack:
     return start_stack(workers=0, WORKER_LOST_AFTER="4", SWEEP_INTERVAL="2")
 
 
-def test_a_killed_holders_leases_go_with_the_reap(
-    fault_stack: Stack, journal: Journal, tmp_path: Path
-) -> None:
-    gate = tmp_path / "gate-killed"
+def test_a_killed_holders_leases_go_with_the_reap(fault_stack: Stack, journal: Journal) -> None:
+    gate = journal.gate("killed")
     doomed = fault_stack.add_worker("doomed")
     survivor = None
     with fault_stack.client() as client:
@@ -278,8 +307,8 @@ def test_a_killed_holders_leases_go_with_the_reap(
                     stop(process)
 
 
-def test_sigterm_past_the_grace_releases(fault_stack: Stack, journal: Journal, tmp_path: Path) -> None:
-    gate = tmp_path / "gate-sigterm"
+def test_sigterm_past_the_grace_releases(fault_stack: Stack, journal: Journal) -> None:
+    gate = journal.gate("sigterm")
     impatient = fault_stack.add_worker("impatient", JOB_COMPLETION_WAIT="1")
     with fault_stack.client() as client:
         holder = submit(client, journal.body("a", gate=gate, exclusive=True, limit="h1"))
@@ -331,7 +360,7 @@ def test_redis_restarted_empty_keeps_a_running_holders_lease(
     server.start()
     try:
         stack = start_stack(workers=2, redis_url=server.url, SWEEP_INTERVAL="2")
-        gate = tmp_path / "gate-restart"
+        gate = journal.gate("restart")
         with stack.client() as client:
             holder = submit(client, journal.body("a", gate=gate, exclusive=True, limit="h1"))
             wait_until(lambda: at_gate(journal, "h1", "a"), "the holder to start")

@@ -59,7 +59,7 @@ ViewsDep = Annotated[JobViews, Depends(_views)]
 LifecycleDep = Annotated[Lifecycle, Depends(_lifecycle)]
 
 
-def _targets(request: Request) -> TargetResolver:
+async def _targets(request: Request) -> TargetResolver:
     targets: TargetResolver = request.app.state.targets
     return targets
 

@@ -10,7 +10,7 @@ so every decision sees one consistent state and no two runs are ever granted con
 - `exclusive`: the ids of the holders and waiters that want hosts exclusively. While it is empty, a run
   that asks for nothing is granted without knowing its hosts (one round trip, no parsing of anything).
 - `ready`: set once the state is complete. Redis restarted empty has none: the next acquire rebuilds the
-  leases of the running jobs from the database first (`LockTable.rebuild`).
+  leases of the running jobs from the database first (`rebuild_locks`).
 
 A lease is one of three kinds. `x`: the hosts exclusively; `s`: the hosts shared with other `s` leases
 (a run that is not exclusive once it had to resolve its hosts); `u`: hosts unknown, which conflicts with
@@ -102,7 +102,13 @@ local function blockers(job, want, state, reserved)
     if blocked then table.insert(hosts, host) end
   end
   if want.k == 'x' then
-    for _, other in ipairs(state.unknown) do by(other) end
+    -- A run whose hosts are unknown may touch any of them.
+    local unknown = false
+    for _, other in ipairs(state.unknown) do unknown = by(other) or unknown end
+    if unknown then
+      hosts = {}
+      for _, host in ipairs(want.h) do table.insert(hosts, host) end
+    end
   end
   for _, lock in ipairs(want.l) do
     local blocked = by(state.lk[lock])
@@ -110,6 +116,16 @@ local function blockers(job, want, state, reserved)
     if blocked then table.insert(locks, lock) end
   end
   return {hosts = hosts, locks = locks, jobs = jobs}
+end
+
+-- The same want, and not one restored from the database (those are decided again).
+local function same(held_want, want)
+  if held_want.r or held_want.k ~= want.k or #held_want.h ~= #want.h or #held_want.l ~= #want.l then
+    return false
+  end
+  for i, host in ipairs(want.h) do if held_want.h[i] ~= host then return false end end
+  for i, lock in ipairs(want.l) do if held_want.l[i] ~= lock then return false end end
+  return true
 end
 
 local function free(found)
@@ -182,7 +198,7 @@ _ACQUIRE = (
 local job, score, want = ARGV[1], tonumber(ARGV[2]), cjson.decode(ARGV[3])
 if redis.call('EXISTS', ready_key) == 0 then return cjson.encode({outcome = 'rebuild'}) end
 local current = redis.call('HGET', holders_key, job)
-if current and current == cjson.encode({k = want.k, h = want.h, l = want.l}) then
+if current and same(cjson.decode(current), want) then
   return cjson.encode({outcome = 'granted'})
 end
 if current then
@@ -249,7 +265,7 @@ for i = 1, #ARGV, 2 do
   local job, want = ARGV[i], cjson.decode(ARGV[i + 1])
   hold(job, want)
   -- Marked as restored: when the run itself asks (it had not launched yet), it is decided again.
-  redis.call('HSET', holders_key, job, cjson.encode({k = want.k, h = want.h, l = want.l, r = 1}))
+  redis.call('HSET', holders_key, job, cjson.encode({k = want.k, h = want.h, l = want.l, r = true}))
 end
 redis.call('SET', ready_key, '1')
 return 1
