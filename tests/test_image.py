@@ -238,7 +238,7 @@ def test_image_runs_migration_api_and_worker_from_the_manifests(
             assert "Hello, image!" in client.get(f"/api/v1/jobs/{job['id']}/stdout").text
             # KEDA's view, with KEDA's token from the rendered Secret.
             depth = httpx.get(f"{base}/api/v1/queue", headers={"Authorization": f"Bearer {keda_token}"})
-            assert depth.json() == {"queued": 0, "running": 0, "inflight": 0}
+            assert depth.json() == {"queued": 0, "running": 0, "inflight": 0, "blocked": 0}
 
         # SIGTERM, as Kubernetes sends it: an idle worker exits at once, well within its grace period.
         grace = pod_spec(rendering.get("Deployment", "ansible-runner-worker"))[
