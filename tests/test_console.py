@@ -88,6 +88,15 @@ def _type_token(browser: Browser, token: str) -> None:
     browser.element("#login-submit").click()
 
 
+def listed_jobs(browser: Browser) -> list[str | None]:
+    """The ids of the list's rows, read in one script: the list redraws itself when any job changes, which
+    would leave elements found one call earlier stale."""
+    ids: list[str | None] = browser.script(
+        "return Array.from(document.querySelectorAll('#jobs tr[data-job-id]'), (row) => row.dataset.jobId)"
+    )
+    return ids
+
+
 def document_status(browser: Browser) -> int:
     """The HTTP status of the page shown (Navigation Timing)."""
     status: int = browser.script("return performance.getEntriesByType('navigation')[0].responseStatus")
@@ -541,7 +550,7 @@ def test_console_without_authentication(browser: Browser, stack: Stack) -> None:
     browser.element("#filter-playbook").send_keys("debug.yml")
     browser.element("#filters [type=submit], #filters button").click()
     browser.wait(ec.url_contains("playbook=debug.yml"), "the filtered list")
-    shown = {row.get_attribute("data-job-id") for row in browser.elements("#jobs tr[data-job-id]")}
+    shown = set(listed_jobs(browser))
     assert debug["id"] in shown and hello["id"] not in shown
 
     browser.element("#nav-run").click()
@@ -569,7 +578,7 @@ def test_the_list_filters_and_pages_and_the_job_page_puts_failures_first(
     assert sorted(finished.values()) == ["failed", "successful", "successful"]
 
     def shown() -> list[str | None]:
-        return [row.get_attribute("data-job-id") for row in browser.elements("#jobs tr[data-job-id]")]
+        return listed_jobs(browser)
 
     browser.open(stack.base_url + f"/?label={label}&limit=2")
     browser.wait(lambda _: len(shown()) == 2, "the first page of the batch")

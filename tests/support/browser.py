@@ -24,7 +24,11 @@ from typing import Any, Literal, TypeVar
 
 import pytest
 from pydantic import TypeAdapter
-from selenium.common.exceptions import NoAlertPresentException, UnexpectedAlertPresentException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    StaleElementReferenceException,
+    UnexpectedAlertPresentException,
+)
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -75,9 +79,11 @@ class Browser:
         self, condition: Callable[[WebDriver], Literal[False] | T], what: str, timeout: float = WAIT_S
     ) -> T:
         """Wait for a WebDriverWait condition; a page reached meanwhile (a redirect) is photographed."""
-        result: T = WebDriverWait(self.driver, timeout, poll_frequency=0.05).until(
-            condition, f"timed out after {timeout:g} s waiting for {what}"
-        )
+        # A condition that read an element the page redrew meanwhile (the list redraws itself when any job
+        # changes) is asked again, not failed.
+        result: T = WebDriverWait(
+            self.driver, timeout, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException]
+        ).until(condition, f"timed out after {timeout:g} s waiting for {what}")
         if self._url_now() not in (None, self._last_url):
             self.snap()
         return result
