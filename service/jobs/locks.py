@@ -392,9 +392,6 @@ class LockTable:
         waiters = await self.redis.zrange(self._keys[1], 0, -1)
         return {member.decode() for member in [*holders, *waiters]}
 
-    async def blocked(self) -> int:
-        return int(await self.redis.zcard(self._keys[1]))
-
 
 async def rebuild_locks(sessions: async_sessionmaker[AsyncSession], table: LockTable) -> None:
     """Redis lost the lock table (restarted empty): hold again what every running job may hold, as the
