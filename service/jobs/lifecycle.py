@@ -303,7 +303,9 @@ class Lifecycle:
             return 0
         async with self.sessions() as session:
             statuses = await JobRepository(session).statuses(sorted(known))
-        stale = sorted(job_id for job_id in known if statuses.get(job_id) not in ("queued", "running"))
+        stale = sorted(
+            job_id for job_id in known if statuses.get(job_id) not in (JobStatus.queued, JobStatus.running)
+        )
         if stale:
             waits: dict[str, Blockers | None] = {}
             await self._release(stale, waits)

@@ -37,6 +37,16 @@ class Lease:
     locks: list[str] | None
 
 
+# A running job that goes back to `queued` (requeued after its worker was lost, or waiting for leases)
+# leaves its worker: a claim starts it afresh.
+_BACK_IN_THE_QUEUE: dict[str, Any] = {
+    "status": JobStatus.queued,
+    "worker_id": None,
+    "started_at": None,
+    "heartbeat_at": None,
+}
+
+
 def _rowcount(result: sa.Result[Any]) -> int:
     return cast(CursorResult[Any], result).rowcount
 
@@ -166,13 +176,7 @@ class JobRepository:
                 job.launched_at.is_(None),
                 job.cancel_requested.is_(False),
             )
-            .values(
-                status=JobStatus.queued,
-                worker_id=None,
-                started_at=None,
-                heartbeat_at=None,
-                waiting_for=waiting_for,
-            )
+            .values(**_BACK_IN_THE_QUEUE, waiting_for=waiting_for)
         )
         return _rowcount(result) == 1
 
@@ -246,13 +250,7 @@ class JobRepository:
                 job.launched_at.is_(None),
                 job.requeues < max_requeues,
             )
-            .values(
-                status=JobStatus.queued,
-                worker_id=None,
-                started_at=None,
-                heartbeat_at=None,
-                requeues=job.requeues + 1,
-            )
+            .values(**_BACK_IN_THE_QUEUE, requeues=job.requeues + 1)
         )
         return _rowcount(result) == 1
 
