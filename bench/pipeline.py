@@ -28,9 +28,9 @@ from bench.harness import (
     write_playbooks,
 )
 from harness.databases import fresh_database, sync_url
+from service.capabilities import build_lifecycle
 from service.config import Settings
 from service.db import create_engine, migrate, session_factory
-from service.jobs.lifecycle import Lifecycle
 from service.jobs.repository import JobRepository
 from service.live.publish import stream_key
 from service.queue import JobQueue, create_redis
@@ -52,7 +52,7 @@ async def _feed(settings: Settings, events: list[dict[str, Any]]) -> dict[str, f
     deps = WorkerDeps(
         settings=settings,
         sessions=sessions,
-        lifecycle=Lifecycle(sessions, redis, JobQueue(redis, settings), settings),
+        lifecycle=build_lifecycle(sessions, redis, JobQueue(redis, settings), settings),
         redis=redis,
         worker_id="bench",
         limiter=anyio.CapacityLimiter(1),

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api import health, jobs, metrics, queue, stream
+from service.api import health, jobs, metrics, queue, stream, webhooks
 from service.api.auth import Authenticator
 from service.api.errors import install_error_handlers
 from service.api.limits import BodyLimitMiddleware
 from service.api.stream import StreamAllowance
+from service.capabilities import build_lifecycle
 from service.config import Settings, get_settings
 from service.console import routes as console
 from service.db import create_engine, session_factory
-from service.jobs.lifecycle import Lifecycle
 from service.jobs.views import JobViews
 from service.live.hub import LiveHub, create_live_redis
 from service.logging import configure_logging
@@ -23,6 +25,7 @@ from service.metrics import ApiMetrics, RequestMiddleware
 from service.queue import JobQueue, create_redis
 from service.redaction import Redactor
 from service.runner.targets import TargetResolver
+from service.webhooks.sender import Sender
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessions = session_factory(engine)
         app.state.redis = redis
         app.state.queue = JobQueue(redis, settings)
-        app.state.lifecycle = Lifecycle(app.state.sessions, redis, app.state.queue, settings)
+        app.state.lifecycle = build_lifecycle(app.state.sessions, redis, app.state.queue, settings)
         app.state.targets = TargetResolver(settings)
         app.state.views = JobViews(
             app.state.sessions,
@@ -58,9 +61,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         live_redis = create_live_redis(settings)
         app.state.live = LiveHub(live_redis)
         app.state.stream_allowance = StreamAllowance(settings.max_streams_per_token)
+        # The API replicas are always up, the workers may be scaled to zero: the API sends webhooks.
+        sender = Sender(app.state.sessions, redis, settings, api_metrics.webhooks)
+        sending = asyncio.create_task(sender.supervised())
         try:
             yield
         finally:
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sending
             app.state.targets.close()
             await app.state.live.close()
             await live_redis.aclose()
@@ -84,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(queue.build_router(settings))
     app.include_router(stream.router)
+    app.include_router(webhooks.router)
     app.include_router(console.router)
     app.mount("/static", console.static_files, name="static")
     return app

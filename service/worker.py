@@ -22,11 +22,11 @@ from arq.worker import func, get_kwargs
 from prometheus_client import start_http_server
 
 from service.arq_compat import WokenWorker
+from service.capabilities import build_lifecycle
 from service.config import Settings, get_settings
 from service.db import create_engine, session_factory
 from service.faults import REDIS_UNAVAILABLE, Backoff, transient_db
 from service.jobs import service as jobs
-from service.jobs.lifecycle import Lifecycle
 from service.jobs.repository import JobRepository
 from service.logging import JobIdFilter, configure_logging
 from service.metrics import WorkerMetrics
@@ -65,7 +65,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     redis = create_redis(settings)
     queue = JobQueue(arq_redis, settings)
     metrics = WorkerMetrics()
-    lifecycle = Lifecycle(sessions, redis, queue, settings)
+    lifecycle = build_lifecycle(sessions, redis, queue, settings)
     lifecycle.after_commit(metrics.observe_transition)
     deps = WorkerDeps(
         settings=settings,

@@ -21,16 +21,19 @@ import pytest
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 from arq.constants import job_key_prefix
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from service.capabilities import build_lifecycle
 from service.config import Settings
 from service.db import create_engine, migrate, session_factory
-from service.jobs.lifecycle import Change, Lifecycle, Transaction, Transition
+from service.jobs.lifecycle import Change, FollowUp, Lifecycle, Transaction, Transition
 from service.jobs.locks import Blockers, Want
 from service.jobs.repository import JobRepository
 from service.live.publish import DELETED, END_EVENT, list_version_key, stream_key, version_key
-from service.models import Job, JobStatus, utcnow
+from service.models import Job, JobStatus, Webhook, WebhookDelivery, utcnow
 from service.queue import JobQueue, create_redis
+from service.webhooks.service import new_secret
 from tests.support import Backends, event_rows, fresh_database, job_row
 
 
@@ -40,6 +43,18 @@ class World:
     redis: aioredis.Redis
     queue_name: str
     seen: list[Transition]
+    # What a hook's follow-up (returned from inside the transaction) saw, once it ran.
+    followed: list[Transition]
+
+    async def outbox(self, job_id: str) -> list[str]:
+        """The webhook deliveries written for the job (a subscription to every event exists)."""
+        async with self.lifecycle.sessions() as session:
+            result = await session.execute(
+                sa.select(col(WebhookDelivery.event))
+                .where(col(WebhookDelivery.job_id) == job_id)
+                .order_by(col(WebhookDelivery.seq))
+            )
+            return list(result.scalars())
 
     async def insert(self, job: Job) -> Job:
         async with self.lifecycle.sessions() as session:
@@ -76,15 +91,35 @@ async def world(database: str, backends: Backends) -> AsyncIterator[World]:
     )
     engine = create_engine(settings)
     redis = create_redis(settings)
-    lifecycle = Lifecycle(session_factory(engine), redis, JobQueue(redis, settings), settings)
+    lifecycle = build_lifecycle(session_factory(engine), redis, JobQueue(redis, settings), settings)
     seen: list[Transition] = []
+    followed: list[Transition] = []
 
     async def record(transition: Transition) -> None:
         seen.append(transition)
 
+    async def in_transaction(session: AsyncSession, transition: Transition) -> FollowUp:
+        async def follow_up() -> None:
+            followed.append(transition)
+
+        return follow_up
+
     lifecycle.after_commit(record)
+    lifecycle.on_change(in_transaction)
+    async with lifecycle.sessions() as session:
+        session.add(
+            Webhook(
+                id=str(uuid.uuid4()),
+                url="https://hooks.example.com/",
+                events=["job.started", "job.finished"],
+                labels={},
+                secret=new_secret(),
+                created_at=utcnow(),
+            )
+        )
+        await session.commit()
     try:
-        yield World(lifecycle, redis, settings.queue_name, seen)
+        yield World(lifecycle, redis, settings.queue_name, seen, followed)
     finally:
         await redis.aclose()
         await engine.dispose()
@@ -108,6 +143,13 @@ class Case:
     fields: tuple[tuple[str, Any], ...] = ()
 
 
+# The webhook events each change writes to the outbox.
+OUTBOX = {
+    Change.launched: ["job.started"],
+    Change.finished: ["job.finished"],
+    Change.canceled: ["job.finished"],
+    Change.lost: ["job.finished"],
+}
 STALE = (("heartbeat_at", utcnow() - timedelta(hours=1)),)
 CASES = [
     Case("submit", JobStatus.queued, lambda tx, job: tx.submit(job), Change.submitted, shown=False),
@@ -212,6 +254,9 @@ def test_a_change_is_announced_after_its_commit(database: str, backends: Backend
                 assert await w.list_token() == list_before
                 assert w.seen == []
             assert [(t.change, t.job_id) for t in w.seen] == [(case.change, job.id)]
+            assert w.followed == w.seen
+            # The webhooks' outbox row, written in the change's own transaction.
+            assert await w.outbox(job.id) == OUTBOX.get(case.change, [])
             after = await w.token(job.id)
             assert (after != before) is case.shown
             assert (await w.list_token() != list_before) is case.listed
@@ -237,7 +282,8 @@ def test_a_rolled_back_change_is_not_announced(database: str, backends: Backends
                 async with w.lifecycle.transaction() as transaction:
                     await case.act(transaction, job)
                     raise RuntimeError("rolled back")
-            assert w.seen == []
+            assert w.seen == [] and w.followed == []
+            assert await w.outbox(job.id) == []
             assert await w.token(job.id) == before
             assert await w.list_token() == list_before
             assert not await w.queued_in_arq(job.id)

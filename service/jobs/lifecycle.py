@@ -12,8 +12,9 @@ runs once its transaction has committed, and not at all when it rolls back:
 - in the lock table (service/jobs/locks.py): release the leases and the wait of a run that ended or went
   back to the queue, register a run that must wait; what that grants is queued in arq by the table, and the
   `waiting_for` of the runs it concerns is written in a transaction of its own (`Change.wait_changed`);
-- the hooks other modules register: `on_change` runs inside the transaction (to write rows of their own
-  atomically with the change), `after_commit` after it (metrics, notifications).
+- the hooks other modules register (service/capabilities.py): `on_change` runs inside the transaction (to
+  write rows of their own atomically with the change) and may return a step to run once it committed (the
+  webhooks' outbox rows, then a word to their senders); `after_commit` runs after every change (metrics).
 
 No caller announces anything by hand: a new state change is a method of `Transaction` that calls
 `_changed`, and `tests/test_lifecycle.py` fails for one that announces nothing.
@@ -81,7 +82,9 @@ class Transition:
     job: Job | None = None
 
 
-InTransaction = Callable[[AsyncSession, Transition], Awaitable[None]]
+FollowUp = Callable[[], Awaitable[None]]
+# Returns what must follow once the transaction committed (dropped if it rolls back), or None.
+InTransaction = Callable[[AsyncSession, Transition], Awaitable[FollowUp | None]]
 AfterCommit = Callable[[Transition], Awaitable[None]]
 
 
@@ -95,6 +98,7 @@ class _Followups:
     cancel: list[str] = field(default_factory=list)
     release: list[str] = field(default_factory=list)
     wait: list[tuple[Job, Want, Blockers]] = field(default_factory=list)
+    hooks: list[FollowUp] = field(default_factory=list)
 
 
 class Transaction:
@@ -122,7 +126,9 @@ class Transaction:
         if listed:
             announcements.listed = True
         for hook in self._lifecycle.in_transaction:
-            await hook(self.session, transition)
+            follow_up = await hook(self.session, transition)
+            if follow_up is not None:
+                self._followups.hooks.append(follow_up)
 
     async def submit(self, job: Job) -> None:
         """A new run, `queued`, queued in arq after the commit (the sweeper queues it if Redis is away)."""
@@ -393,6 +399,13 @@ class Lifecycle:
                 log.exception("committed change not followed up", step=what)
         if waits:
             await self._record_waits(waits)
+        for follow_up in followups.hooks:
+            try:
+                await follow_up()
+            except Exception:
+                log.exception(
+                    "follow-up of a hook failed", hook=getattr(follow_up, "__qualname__", repr(follow_up))
+                )
         for transition in transaction.transitions:
             for hook in self._after_commit:
                 try:
