@@ -95,6 +95,27 @@ class ApiClient:
         job: dict[str, Any] = self._call("POST", f"/jobs/{job_id}/cancel").json()
         return job
 
+    def create_webhook(self, body: dict[str, Any]) -> dict[str, Any]:
+        webhook: dict[str, Any] = self._call("POST", "/webhooks", json=body).json()
+        return webhook
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self._call("GET", "/webhooks").json()["items"]
+        return items
+
+    def webhook(self, webhook_id: str) -> dict[str, Any]:
+        webhook: dict[str, Any] = self._call("GET", f"/webhooks/{webhook_id}").json()
+        return webhook
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        self._call("DELETE", f"/webhooks/{webhook_id}")
+
+    def deliveries(self, webhook_id: str, limit: int) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self._call(
+            "GET", f"/webhooks/{webhook_id}/deliveries", params={"limit": limit}
+        ).json()["items"]
+        return items
+
     def stdout(self, job_id: str, *, ansi: bool) -> str:
         return self._call("GET", f"/jobs/{job_id}/stdout", params={"ansi": ansi}).text
 

@@ -150,6 +150,23 @@ class Settings(BaseSettings):
     stream_recheck_interval: float = Field(default=15, gt=0)
     stream_poll_interval: float = Field(default=1.0, gt=0)
 
+    # Webhooks (service/webhooks), sent by the API processes.
+    # Seconds to wait before each retry of a delivery that failed (a non-2xx answer, a timeout, a refused
+    # destination); once all are spent it is `failed`. The default, Standard Webhooks' own schedule, spans
+    # about 27 hours.
+    webhook_retry_delays: list[float] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    )
+    # The longest one attempt may take, from connecting to the last byte read.
+    webhook_timeout: float = Field(default=10, gt=0, le=300)
+    # Lets webhooks reach loopback, private and link-local addresses (refused by default: a subscription
+    # must not make the service probe its own network or a cloud metadata endpoint).
+    webhook_allow_private: bool = False
+    # Attempts in flight per API process; one subscription takes at most a quarter of them.
+    webhook_concurrency: int = Field(default=32, ge=1, le=1024)
+    # How often each API process looks at the outbox without being told of new deliveries.
+    webhook_poll_interval: float = Field(default=2, gt=0, le=60)
+
     # The `ars` command line client: where the API is, and the bearer token to send.
     ars_url: str = "http://127.0.0.1:8000"
     ars_token: str | None = None
@@ -180,6 +197,13 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
+
+    @field_validator("webhook_retry_delays")
+    @classmethod
+    def _retry_delays(cls, delays: list[float]) -> list[float]:
+        if len(delays) > 30 or any(not 0 <= delay <= 7 * 86_400 for delay in delays):
+            raise ValueError("WEBHOOK_RETRY_DELAYS: at most 30 delays, each 0 to 604800 seconds")
+        return delays
 
     @field_validator("inventory_plugins")
     @classmethod

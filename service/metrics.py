@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.jobs.lifecycle import Change, Transition
 from service.models import utcnow
 from service.queue import QueueDepth
+from service.webhooks.repository import OutboxStats
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A client's id is kept only when it is safe to echo and log: printable ASCII, no spaces, bounded.
@@ -28,6 +29,33 @@ _UNMATCHED = "<unmatched>"
 # Runs last from about a second (a debug task) to hours (a fleet upgrade).
 _RUN_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, float("inf"))
 _REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, float("inf"))
+
+
+class WebhookMetrics:
+    """Webhook deliveries (service/webhooks), sent by the API processes."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.deliveries = Counter(
+            "ars_webhook_deliveries",
+            "Webhook deliveries that ended, by event and outcome (delivered, failed after every retry)",
+            ["event", "outcome"],
+            registry=registry,
+        )
+        self.attempts = Counter(
+            "ars_webhook_attempts",
+            "Webhook attempts, by outcome: success, http_error, timeout, refused (a destination not "
+            "allowed), connection_error",
+            ["outcome"],
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "ars_webhook_outbox_pending", "Webhook deliveries not yet delivered or failed", registry=registry
+        )
+        self.oldest = Gauge(
+            "ars_webhook_outbox_oldest_seconds",
+            "Age of the oldest pending webhook delivery (0 when none)",
+            registry=registry,
+        )
 
 
 class ApiMetrics:
@@ -67,6 +95,7 @@ class ApiMetrics:
             ["state"],
             registry=self.registry,
         )
+        self.webhooks = WebhookMetrics(self.registry)
         self._refreshed_at = float("-inf")
 
     async def refresh(
@@ -74,6 +103,7 @@ class ApiMetrics:
         max_age_s: float,
         jobs_by_status: Callable[[], Awaitable[dict[str, int]]],
         queue_depth: Callable[[], Awaitable[QueueDepth]],
+        outbox: Callable[[], Awaitable[OutboxStats]],
     ) -> None:
         """Re-read the database and queue gauges, at most once per `max_age_s`.
 
@@ -90,6 +120,10 @@ class ApiMetrics:
         self.queue.labels(state="waiting").set(depth.queued)
         self.queue.labels(state="running").set(depth.running)
         self.queue.labels(state="blocked").set(depth.blocked)
+        stats = await outbox()
+        self.webhooks.pending.set(stats.pending)
+        age = 0.0 if stats.oldest is None else (utcnow() - stats.oldest).total_seconds()
+        self.webhooks.oldest.set(max(0.0, age))
 
 
 def request_id_of(scope: Scope) -> str:

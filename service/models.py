@@ -112,3 +112,61 @@ class JobEvent(SQLModel, table=True):
     stdout: str = Field(sa_column=sa.Column(LongText, nullable=False))
     created: datetime = Field(sa_column=sa.Column(Timestamp, nullable=False))
     data: dict[str, Any] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+
+
+class Webhook(SQLModel, table=True):
+    """A subscription: `events` of jobs carrying all of `labels` are posted to `url` (service/webhooks)."""
+
+    __tablename__ = "webhook"
+
+    id: str = Field(sa_column=sa.Column(sa.String(36), primary_key=True))
+    url: str = Field(sa_column=sa.Column(sa.String(2048), nullable=False))
+    events: list[str] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+    labels: dict[str, str] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+    description: str | None = Field(default=None, sa_column=sa.Column(sa.String(500), nullable=True))
+    # `whsec_` + base64 of 32 random bytes: the HMAC key of the Standard Webhooks signature. The service
+    # must sign with it, so it is stored as it is; it is returned once, when the subscription is created.
+    secret: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    created_at: datetime = Field(sa_column=sa.Column(Timestamp, nullable=False))
+    created_by: str | None = Field(default=None, sa_column=sa.Column(sa.String(64), nullable=True))
+
+
+class DeliveryStatus(enum.StrEnum):
+    pending = "pending"
+    delivered = "delivered"
+    failed = "failed"
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event for one subscription: the outbox row, written in the transaction of the job's change, and
+    the record of its attempts. `seq` orders a job's deliveries to one subscription (started, finished)."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        sa.Index("ix_webhook_delivery_due", "status", "next_attempt_at"),
+        sa.Index("ix_webhook_delivery_job_order", "webhook_id", "job_id", "seq"),
+        sa.Index("ix_webhook_delivery_job_id", "job_id"),
+        sa.UniqueConstraint("message_id", name="uq_webhook_delivery_message_id"),
+    )
+
+    seq: int | None = Field(
+        default=None, sa_column=sa.Column(sa.Integer, primary_key=True, autoincrement=True)
+    )
+    # The `webhook-id` header, the same on every attempt: receivers recognise a repeated delivery by it.
+    message_id: str = Field(sa_column=sa.Column(sa.String(40), nullable=False))
+    webhook_id: str = Field(sa_column=sa.Column(sa.String(36), sa.ForeignKey("webhook.id"), nullable=False))
+    # No foreign key: retention deletes a job and its deliveries in one transaction, in either order.
+    job_id: str = Field(sa_column=sa.Column(sa.String(36), nullable=False))
+    event: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
+    # The body, as signed and sent on every attempt.
+    payload: str = Field(sa_column=sa.Column(LongText, nullable=False))
+    status: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    # [{"at", "status_code", "error", "duration_ms"}], oldest first.
+    attempts: list[dict[str, Any]] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+    next_attempt_at: datetime = Field(sa_column=sa.Column(Timestamp, nullable=False))
+    # Taken by a sender until then (an attempt in flight); a sender that died leaves it to the next one.
+    leased_until: datetime | None = Field(default=None, sa_column=sa.Column(Timestamp, nullable=True))
+    lease_owner: str | None = Field(default=None, sa_column=sa.Column(sa.String(36), nullable=True))
+    created_at: datetime = Field(sa_column=sa.Column(Timestamp, nullable=False))
+    # Delivered, or given up as failed.
+    finished_at: datetime | None = Field(default=None, sa_column=sa.Column(Timestamp, nullable=True))

@@ -31,12 +31,25 @@ def database(stack: Stack) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-def count_jobs(database: sa.Engine) -> int:
+def count_rows(database: sa.Engine) -> tuple[int, int]:
+    """Jobs and webhook subscriptions stored."""
     with database.connect() as connection:
-        return int(connection.execute(sa.text("SELECT COUNT(*) FROM job")).scalar_one())
+        jobs = int(connection.execute(sa.text("SELECT COUNT(*) FROM job")).scalar_one())
+        webhooks = int(connection.execute(sa.text("SELECT COUNT(*) FROM webhook")).scalar_one())
+    return jobs, webhooks
+
+
+@pytest.fixture
+def no_subscription_left(stack: Stack) -> Iterator[None]:
+    """Subscriptions the fuzz made would be sent every later run of the shared stack: deleted after."""
+    yield
+    with stack.client() as client:
+        for hook in client.get("/api/v1/webhooks").json()["items"]:
+            assert client.delete(f"/api/v1/webhooks/{hook['id']}").status_code == 204
 
 
 @pytest.mark.parametrize("mode", list(GenerationMode))
+@pytest.mark.usefixtures("no_subscription_left")
 def test_no_server_error_and_nothing_stored_when_refused(
     stack: Stack, database: sa.Engine, mode: GenerationMode
 ) -> None:
@@ -52,12 +65,16 @@ def test_no_server_error_and_nothing_stored_when_refused(
             max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
         )
         def check(case: Case[Any]) -> None:
-            before = count_jobs(database)
+            jobs, webhooks = count_rows(database)
             response = case.call(base_url=stack.base_url, timeout=30)
             where = f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:500]}"
             assert response.status_code < 500, where
-            created = case.method == "POST" and case.path == "/api/v1/jobs" and response.status_code == 202
-            assert count_jobs(database) == before + int(created), where
+            submitted = case.method == "POST" and case.path == "/api/v1/jobs" and response.status_code == 202
+            subscribed = (
+                case.method == "POST" and case.path == "/api/v1/webhooks" and response.status_code == 201
+            )
+            unsubscribed = case.method == "DELETE" and response.status_code == 204
+            assert count_rows(database) == (jobs + submitted, webhooks + subscribed - unsubscribed), where
             calls[f"{case.method} {case.path}"] = calls.get(f"{case.method} {case.path}", 0) + 1
 
         try:

@@ -9,9 +9,10 @@ from pathlib import Path
 import redis as redis_client
 import sqlalchemy as sa
 
+from service.capabilities import build_lifecycle
 from service.config import Settings
 from service.db import create_engine, migrate, session_factory
-from service.jobs.lifecycle import Lifecycle, Transition
+from service.jobs.lifecycle import Transition
 from service.jobs.service import purge_expired
 from service.live.publish import version_key
 from service.models import utcnow
@@ -49,6 +50,25 @@ def _insert_job(
         )
 
 
+def _insert_deliveries(connection: sa.Connection, job_ids: list[str]) -> None:
+    now = utcnow()
+    connection.execute(
+        sa.text(
+            "INSERT INTO webhook (id, url, events, labels, secret, created_at)"
+            " VALUES ('hook', 'https://example.com/', '[\"job.finished\"]', '{}', 'whsec_x', :now)"
+        ),
+        {"now": now},
+    )
+    connection.execute(
+        sa.text(
+            "INSERT INTO webhook_delivery (message_id, webhook_id, job_id, event, payload, status, attempts,"
+            " next_attempt_at, created_at) VALUES (:message_id, 'hook', :job_id, 'job.finished', '{}',"
+            " 'delivered', '[]', :now, :now)"
+        ),
+        [{"message_id": f"msg_{job_id}", "job_id": job_id, "now": now} for job_id in job_ids],
+    )
+
+
 def test_retention_deletes_only_old_finished_jobs(backends: Backends, tmp_path: Path) -> None:
     database_url, drop = fresh_database(backends.database_server_url, tmp_path)
     try:
@@ -69,6 +89,7 @@ def test_retention_deletes_only_old_finished_jobs(backends: Backends, tmp_path: 
             _insert_job(connection, "recent", "successful", 2, 5)
             _insert_job(connection, "old-running", "running", None, 7)
             _insert_job(connection, "old-queued", "queued", None, 0)
+            _insert_deliveries(connection, ["old-success", "old-failed", "recent"])
 
         announced: list[str] = []
 
@@ -79,7 +100,9 @@ def test_retention_deletes_only_old_finished_jobs(backends: Backends, tmp_path: 
             settings = Settings(database_url=database_url, redis_url=backends.redis_url)
             async_engine = create_engine(settings)
             redis = create_redis(settings)
-            lifecycle = Lifecycle(session_factory(async_engine), redis, JobQueue(redis, settings), settings)
+            lifecycle = build_lifecycle(
+                session_factory(async_engine), redis, JobQueue(redis, settings), settings
+            )
             lifecycle.after_commit(seen)
             try:
                 return await purge_expired(
@@ -98,8 +121,11 @@ def test_retention_deletes_only_old_finished_jobs(backends: Backends, tmp_path: 
             events: dict[str, int] = dict(
                 connection.execute(sa.text("SELECT job_id, COUNT(*) FROM job_event GROUP BY job_id")).all()
             )
+            delivered = set(connection.execute(sa.text("SELECT job_id FROM webhook_delivery")).scalars())
         engine.dispose()
         assert jobs == {"recent", "old-running", "old-queued"}
+        # Webhook deliveries go with their jobs (the lifecycle's hook of service/webhooks/outbox.py).
+        assert delivered == {"recent"}
         assert events == {"recent": 5, "old-running": 7}
         # Each deletion went through the lifecycle, which replaced the job's version token: the API drops
         # what it kept of it.

@@ -174,3 +174,4 @@ def require(scope: str) -> object:
 
 ReadAccess = Annotated[Principal, require("read")]
 RunAccess = Annotated[Principal, require("run")]
+AdminAccess = Annotated[Principal, require("admin")]

@@ -43,14 +43,14 @@ async def _views(request: Request) -> JobViews:
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-JOB_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 # Checked before any lookup: nothing else reaches the database, Redis keys or an error message.
 JobId = Annotated[
     str,
     Path(
         description="the job's id (a UUID, as `POST /jobs` returned it)",
         max_length=36,
-        pattern=JOB_ID_PATTERN,
+        pattern=UUID_PATTERN,
     ),
 ]
 SessionDep = Annotated[AsyncSession, Depends(_session)]

@@ -7,13 +7,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.jobs.repository import JobRepository
 from service.metrics import ApiMetrics
+from service.webhooks.repository import DeliveryRepository, OutboxStats
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(request: Request) -> Response:
-    """Requests by route and status, jobs by status, queue depth (run durations: on the workers)."""
+    """Requests by route and status, jobs by status, queue depth, webhook deliveries (run durations: on
+    the workers)."""
     state = request.app.state
     api_metrics: ApiMetrics = state.metrics
 
@@ -21,5 +23,9 @@ async def metrics(request: Request) -> Response:
         async with state.sessions() as session:
             return await JobRepository(session).count_by_status()
 
-    await api_metrics.refresh(state.settings.metrics_max_age, jobs_by_status, state.queue.depth)
+    async def outbox() -> OutboxStats:
+        async with state.sessions() as session:
+            return await DeliveryRepository(session).stats()
+
+    await api_metrics.refresh(state.settings.metrics_max_age, jobs_by_status, state.queue.depth, outbox)
     return Response(generate_latest(api_metrics.registry), media_type=CONTENT_TYPE_LATEST)

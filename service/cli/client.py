@@ -1,5 +1,6 @@
-"""The client commands of `ars` (`run`, `jobs`, `show`, `logs`, `cancel`): the API at ARS_URL with the bearer
-token ARS_TOKEN; Ansible's own output for people, JSON lines for scripts, exit codes for both."""
+"""The client commands of `ars` (`run`, `jobs`, `show`, `logs`, `cancel`, `webhooks ...`): the API at ARS_URL
+with the bearer token ARS_TOKEN; Ansible's own output for people, JSON lines for scripts, exit codes for
+both."""
 
 from __future__ import annotations
 
@@ -212,6 +213,96 @@ def _job_text(job: dict[str, Any]) -> str:
     return text
 
 
+def _labels(values: Sequence[str]) -> dict[str, str]:
+    labels = {}
+    for value in values:
+        key, sep, item = value.partition("=")
+        if not sep or not key:
+            raise ClientError(f"--label: expected key=value, got {value!r}")
+        labels[key] = item
+    return labels
+
+
+def _webhook_text(webhook: dict[str, Any]) -> str:
+    lines = [f"{'id:':13}{webhook['id']}", f"{'url:':13}{webhook['url']}"]
+    lines.append(f"{'events:':13}{', '.join(webhook['events'])}")
+    if webhook["labels"]:
+        lines.append(f"{'labels:':13}{', '.join(f'{k}={v}' for k, v in webhook['labels'].items())}")
+    for name in ("description", "created_at", "created_by"):
+        if webhook.get(name):
+            lines.append(f"{name + ':':13}{webhook[name]}")
+    return "\n".join(lines) + "\n"
+
+
+def _create_webhook(args: argparse.Namespace, client: ApiClient, output: _Output) -> None:
+    body: dict[str, Any] = {"url": args.url, "events": args.event or ["job.started", "job.finished"]}
+    if args.label:
+        body["labels"] = _labels(args.label)
+    if args.description:
+        body["description"] = args.description
+    webhook = client.create_webhook(body)
+    if args.json:
+        output.json(webhook)
+        return
+    output.write(_webhook_text(webhook) + f"{'secret:':13}{webhook['secret']}\n")
+    say("ars: keep the secret now: it is not shown again (verify each delivery's signature with it)")
+
+
+def _webhook_rows(webhooks: list[dict[str, Any]]) -> list[list[str]]:
+    labels = [",".join(f"{k}={v}" for k, v in hook["labels"].items()) or "-" for hook in webhooks]
+    return [["ID", "EVENTS", "LABELS", "URL"]] + [
+        [hook["id"], ",".join(hook["events"]), label, hook["url"]]
+        for hook, label in zip(webhooks, labels, strict=True)
+    ]
+
+
+def _delivery_rows(deliveries: list[dict[str, Any]]) -> list[list[str]]:
+    rows = [["ID", "EVENT", "JOB", "STATUS", "ATTEMPTS", "LAST"]]
+    for item in deliveries:
+        last = item["attempts"][-1] if item["attempts"] else None
+        outcome = "-" if last is None else (last["error"] or str(last["status_code"]))
+        rows.append(
+            [item["id"], item["event"], item["job_id"], item["status"], str(len(item["attempts"])), outcome]
+        )
+    return rows
+
+
+def _webhooks_command(args: argparse.Namespace, client: ApiClient, output: _Output) -> None:
+    command = args.webhooks_command
+    if command == "create":
+        _create_webhook(args, client, output)
+    elif command == "delete":
+        client.delete_webhook(args.id)
+        if not args.json:
+            say(f"ars: webhook {args.id} deleted, with its deliveries")
+    elif command == "show":
+        webhook = client.webhook(args.id)
+        if args.json:
+            output.json(webhook)
+        else:
+            output.write(_webhook_text(webhook))
+    else:
+        found = client.webhooks() if command == "list" else client.deliveries(args.id, args.limit)
+        if args.json:
+            output.json(found)
+        elif found:
+            output.write(_table(_webhook_rows(found) if command == "list" else _delivery_rows(found)))
+
+
+def _list_jobs(args: argparse.Namespace, client: ApiClient, output: _Output) -> None:
+    params = {"status": args.status, "playbook": args.playbook, "limit": args.limit}
+    jobs = client.jobs({key: value for key, value in params.items() if value})
+    if args.json:
+        output.json(jobs)
+    elif jobs:
+        rows = [["ID", "STATUS", "CREATED", "RC", "PLAYBOOK"]]
+        rows += [
+            [job["id"], job["status"], job["created_at"][:19], _text(job["rc"]), job["playbook"]]
+            for job in jobs
+        ]
+        output.write(_table(rows))
+
+
 def client_command(args: argparse.Namespace, settings: Settings) -> int:
     output = _Output(args.json)
     client = ApiClient(settings.ars_url, settings.ars_token)
@@ -228,23 +319,15 @@ def client_command(args: argparse.Namespace, settings: Settings) -> int:
                 output.write(job["id"] + "\n")
                 say(f"ars: job {job['id']} queued; follow it with: ars logs {job['id']} --follow")
         elif args.command == "jobs":
-            params = {"status": args.status, "playbook": args.playbook, "limit": args.limit}
-            jobs = client.jobs({key: value for key, value in params.items() if value})
-            if args.json:
-                output.json(jobs)
-            elif jobs:
-                rows = [["ID", "STATUS", "CREATED", "RC", "PLAYBOOK"]]
-                rows += [
-                    [job["id"], job["status"], job["created_at"][:19], _text(job["rc"]), job["playbook"]]
-                    for job in jobs
-                ]
-                output.write(_table(rows))
+            _list_jobs(args, client, output)
         elif args.command == "show":
             job = client.job(args.id)
             if args.json:
                 output.json(job)
             else:
                 output.write(_job_text(job))
+        elif args.command == "webhooks":
+            _webhooks_command(args, client, output)
         elif args.command == "cancel":
             job = client.cancel(args.id)
             if args.json:
@@ -303,6 +386,26 @@ def add_parsers(commands: Any) -> None:
         ("cancel", "cancel a queued or running job"),
     ]:
         commands.add_parser(name, parents=[as_json], help=text).add_argument("id")
+    webhooks = commands.add_parser("webhooks", help="webhook subscriptions (an admin token)")
+    hooks = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    create = hooks.add_parser("create", parents=[as_json], help="subscribe a URL; prints its secret, once")
+    create.add_argument("url", help="http(s) URL the deliveries are posted to")
+    create.add_argument(
+        "--event",
+        action="append",
+        choices=["job.started", "job.finished"],
+        help="repeatable (default: both)",
+    )
+    create.add_argument("--label", action="append", default=[], help="key=value a job must carry; repeatable")
+    create.add_argument("--description")
+    hooks.add_parser("list", parents=[as_json], help="every subscription")
+    hooks.add_parser("show", parents=[as_json], help="one subscription").add_argument("id")
+    hooks.add_parser("delete", parents=[as_json], help="a subscription and its deliveries").add_argument("id")
+    deliveries = hooks.add_parser(
+        "deliveries", parents=[as_json], help="a subscription's deliveries, newest first, with attempts"
+    )
+    deliveries.add_argument("id")
+    deliveries.add_argument("--limit", type=int, default=20)
     logs = commands.add_parser("logs", parents=[as_json], help="a job's output (--follow: live)")
     logs.add_argument("id")
     logs.add_argument("-f", "--follow", action="store_true", help="follow the output live until the job ends")

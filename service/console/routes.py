@@ -17,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from service.api.auth import ANONYMOUS, Authenticator, Principal, check_origin
-from service.api.deps import JOB_ID_PATTERN, LifecycleDep, SessionDep, SettingsDep, TargetsDep, ViewsDep
+from service.api.deps import UUID_PATTERN, LifecycleDep, SessionDep, SettingsDep, TargetsDep, ViewsDep
 from service.console.forms import job_body, read_form
 from service.console.sessions import COOKIE
 from service.errors import InvalidRequest, NotFound
@@ -42,7 +42,7 @@ _HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-_JOB_ID = re.compile(JOB_ID_PATTERN)
+_JOB_ID = re.compile(UUID_PATTERN)
 # Where a login may send the browser next: a path of this site (never `//host`, which leaves it).
 _NEXT = re.compile(r"^/(?![/\\])[A-Za-z0-9/_.~%?=&+-]{0,500}\Z")
 

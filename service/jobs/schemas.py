@@ -144,14 +144,19 @@ class JobRequest(BaseModel):
     @field_validator("labels")
     @classmethod
     def _label_keys(cls, labels: dict[str, str]) -> dict[str, str]:
-        if len(labels) > 32:
-            raise ValueError("at most 32 labels")
-        for key, value in labels.items():
-            if not LABEL_KEY.match(key):
-                raise ValueError(f"label key {shown(key)} must match {LABEL_KEY.pattern}")
-            if CONTROL.search(value):
-                raise ValueError(f"label {key!r} must not contain control characters")
-        return labels
+        return check_labels(labels)
+
+
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Labels of a job, or those a webhook subscription asks for."""
+    if len(labels) > 32:
+        raise ValueError("at most 32 labels")
+    for key, value in labels.items():
+        if not LABEL_KEY.match(key):
+            raise ValueError(f"label key {shown(key)} must match {LABEL_KEY.pattern}")
+        if CONTROL.search(value):
+            raise ValueError(f"label {key!r} must not contain control characters")
+    return labels
 
 
 def _utc(value: datetime | None) -> datetime | None:
