@@ -20,7 +20,19 @@ from typing import Any
 from bench.harness import BENCH, CORES, load, progress
 
 # The registry: module names under bench/, each with `run() -> dict`. Add yours here.
-MODULES = ["runs", "pipeline", "api", "pages", "console", "drain", "memory", "burst", "stream", "locks"]
+MODULES = [
+    "runs",
+    "pipeline",
+    "api",
+    "pages",
+    "console",
+    "drain",
+    "memory",
+    "burst",
+    "stream",
+    "locks",
+    "webhooks",
+]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

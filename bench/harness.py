@@ -62,6 +62,8 @@ class BenchSettings(BaseSettings):
     burst_jobs: int = 500
     locks_runs: int = 200  # exclusive runs over locks_hosts hosts, 1 to 3 hosts each
     locks_hosts: int = 10
+    webhook_deliveries: int = 2000  # drained from the outbox to a local receiver
+    webhook_runs: int = 40  # trivial runs with and without a subscription
 
 
 BENCH = BenchSettings()
