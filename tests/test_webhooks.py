@@ -17,11 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from harness.processes import Stack
 from service.api.auth import new_token
+from service.embedded import EmbeddedRedis
 from tests.support import StackFactory, sample, submit, wait_for, wait_until
 from tests.support.receiver import Received, Receiver, receiving
 from tests.support.stacks import restart_api
@@ -181,6 +183,31 @@ def test_a_hanging_receiver_delays_neither_runs_nor_other_subscriptions(
     assert sorted(request.json["type"] for request in done) == ["job.finished"] * 4 + ["job.started"] * 4
 
 
+def test_redirects_are_not_followed_and_answers_are_read_only_in_part(
+    client: httpx.Client, receiver: Receiver
+) -> None:
+    moved, large = unique_path(), unique_path()
+    receiver.answer(moved, 302, 307, 301, 308)
+    receiver.answer_large(large)
+    moved_hook = subscribe(client, receiver.url(moved), ["job.finished"])
+    large_hook = subscribe(client, receiver.url(large), ["job.finished"])
+    job = submit(client, HELLO)
+    wait_for(client, job["id"])
+    wait_until(
+        lambda: deliveries(client, moved_hook["id"])[0]["status"] == "failed", "every redirect refused"
+    )
+    (record,) = deliveries(client, moved_hook["id"])
+    assert [attempt["status_code"] for attempt in record["attempts"]] == [302, 307, 301, 308]
+    assert record["attempts"][0]["error"] == "HTTP 302 (redirects are not followed)"
+    assert receiver.received(f"{moved}/redirected") == []
+    wait_until(lambda: deliveries(client, large_hook["id"])[0]["status"] == "delivered", "the large answer")
+    (attempt,) = deliveries(client, large_hook["id"])[0]["attempts"]
+    assert attempt["status_code"] == 200 and attempt["response"] == "x" * 256
+    # The sender closed the connection after a few KiB: the receiver could not write its 64 MiB.
+    wait_until(lambda: len(receiver.received(large)) == 1, "the request recorded")
+    assert receiver.large_read_whole == 0
+
+
 def test_label_filters_all_must_match(client: httpx.Client, receiver: Receiver) -> None:
     filtered, everything = unique_path(), unique_path()
     team = uuid.uuid4().hex[:8]
@@ -244,6 +271,38 @@ def test_deliveries_survive_a_killed_worker_and_a_killed_api(start_stack: StackF
         "job.finished",
     ]
     assert verified(webhook["secret"], finished)["data"]["job"]["status"] == "successful"
+
+
+def test_a_redis_flush_loses_no_delivery(start_stack: StackFactory, tmp_path: Path) -> None:
+    """Deliveries are rows of the database: emptying Redis (its own, here) after the job finished, while
+    the receiver is down, changes nothing."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    try:
+        stack = start_stack(
+            workers=1, redis_url=server.url, **{**QUICK, "WEBHOOK_RETRY_DELAYS": json.dumps([1] * 25)}
+        )
+        receiver = Receiver()
+        path = unique_path()
+        with stack.client() as client:
+            webhook = subscribe(client, receiver.url(path))
+            job = submit(client, HELLO)
+            wait_for(client, job["id"])
+            wait_until(lambda: len(deliveries(client, webhook["id"])) == 2, "both events in the outbox")
+            with redis.Redis.from_url(server.url) as flushed:
+                flushed.flushall()
+            receiver.start()
+            try:
+                requests = receiver.wait_for(path, 2)
+            finally:
+                receiver.stop()
+        stack.stop()  # while Redis is still there: a stopping worker waits for it
+    finally:
+        server.stop()
+    assert [verified(webhook["secret"], request)["type"] for request in requests] == [
+        "job.started",
+        "job.finished",
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -101,18 +101,17 @@ class DeliveryRepository:
     async def delete_for_jobs(self, job_ids: Sequence[str]) -> None:
         await self.session.execute(sa.delete(_DELIVERY).where(_DELIVERY.c.job_id.in_(job_ids)))
 
-    async def take_due(self, owner: str, *, limit: int, lease_s: float, skip: Sequence[str]) -> list[Due]:
-        """Lease up to `limit` due deliveries to `owner` (oldest due first), none of the subscriptions in
-        `skip` (those with as many attempts in flight as they may have)."""
+    async def due(self, *, limit: int, skip: Sequence[str]) -> list[tuple[int, str]]:
+        """(seq, webhook_id) of up to `limit` deliveries due and free, oldest due first, none of the
+        subscriptions in `skip`."""
         now = utcnow()
         earlier = _DELIVERY.alias("earlier")
-        free = sa.or_(_DELIVERY.c.leased_until.is_(None), _DELIVERY.c.leased_until < now)
-        candidates = (
-            sa.select(_DELIVERY.c.seq)
+        query = (
+            sa.select(_DELIVERY.c.seq, _DELIVERY.c.webhook_id)
             .where(
                 _DELIVERY.c.status == DeliveryStatus.pending,
                 _DELIVERY.c.next_attempt_at <= now,
-                free,
+                sa.or_(_DELIVERY.c.leased_until.is_(None), _DELIVERY.c.leased_until < now),
                 ~sa.exists().where(
                     earlier.c.webhook_id == _DELIVERY.c.webhook_id,
                     earlier.c.job_id == _DELIVERY.c.job_id,
@@ -124,14 +123,20 @@ class DeliveryRepository:
             .limit(limit)
         )
         if skip:
-            candidates = candidates.where(_DELIVERY.c.webhook_id.not_in(skip))
-        seqs = list((await self.session.execute(candidates)).scalars())
-        if not seqs:
-            return []
-        # Of several senders that read the same rows, the UPDATE decides which takes each.
+            query = query.where(_DELIVERY.c.webhook_id.not_in(skip))
+        return [(row.seq, row.webhook_id) for row in await self.session.execute(query)]
+
+    async def lease(self, seqs: Sequence[int], owner: str, *, lease_s: float) -> list[Due]:
+        """Take these deliveries for `owner`: of several senders that chose the same rows, the UPDATE gives
+        each row to one. Returns those taken."""
+        now = utcnow()
         await self.session.execute(
             sa.update(_DELIVERY)
-            .where(_DELIVERY.c.seq.in_(seqs), _DELIVERY.c.status == DeliveryStatus.pending, free)
+            .where(
+                _DELIVERY.c.seq.in_(seqs),
+                _DELIVERY.c.status == DeliveryStatus.pending,
+                sa.or_(_DELIVERY.c.leased_until.is_(None), _DELIVERY.c.leased_until < now),
+            )
             .values(lease_owner=owner, leased_until=now + timedelta(seconds=lease_s))
         )
         taken = await self.session.execute(

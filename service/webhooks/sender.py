@@ -118,26 +118,23 @@ class Sender:
         room = self._settings.webhook_concurrency - sum(self._in_flight.values())
         if room <= 0:
             return []
-        full = [webhook for webhook, count in self._in_flight.items() if count >= self._per_subscription]
+        counts = collections.Counter(self._in_flight)
+        full = [webhook for webhook, count in counts.items() if count >= self._per_subscription]
         async with self._sessions() as session:
-            candidates = await DeliveryRepository(session).take_due(
-                self.owner,
-                limit=min(room, _TAKE_AT_ONCE),
-                lease_s=self._settings.webhook_timeout + _LEASE_MARGIN_S,
-                skip=full,
+            deliveries = DeliveryRepository(session)
+            chosen = []
+            for seq, webhook_id in await deliveries.due(limit=min(room, _TAKE_AT_ONCE), skip=full):
+                # Within one subscription's share; the rest waits for a later round.
+                if counts[webhook_id] < self._per_subscription:
+                    counts[webhook_id] += 1
+                    chosen.append(seq)
+            if not chosen:
+                return []
+            taken = await deliveries.lease(
+                chosen, self.owner, lease_s=self._settings.webhook_timeout + _LEASE_MARGIN_S
             )
-            # One subscription's share of this round: what exceeds it goes back for a later one.
-            kept: list[Due] = []
-            counts = collections.Counter(self._in_flight)
-            for due in candidates:
-                if counts[due.webhook_id] < self._per_subscription:
-                    counts[due.webhook_id] += 1
-                    kept.append(due)
-            returned = [due.seq for due in candidates if due not in kept]
-            if returned:
-                await DeliveryRepository(session).release(returned, self.owner)
             await session.commit()
-        return kept
+        return taken
 
     async def _until_next_due(self) -> float:
         async with self._sessions() as session:

@@ -46,6 +46,9 @@ class Receiver:
         self._requests: list[Received] = []
         self._scripts: dict[str, collections.deque[int]] = {}
         self._held: dict[str, threading.Event] = {}
+        self._large: set[str] = set()
+        # Large answers the sender read to their end.
+        self.large_read_whole = 0
         self._server: ThreadingHTTPServer | None = None
 
     def url(self, path: str) -> str:
@@ -60,6 +63,10 @@ class Receiver:
         release = threading.Event()
         self._held[path] = release
         return release
+
+    def answer_large(self, path: str) -> None:
+        """Requests to `path` are answered 200 with 64 MiB of body."""
+        self._large.add(path)
 
     def received(self, path: str) -> list[Received]:
         with self._lock:
@@ -89,8 +96,17 @@ class Receiver:
                     receiver._requests.append(Received(self.path, headers, body, status))
                 self.send_response(status)
                 self.send_header("Content-Type", "text/plain")
+                if 300 <= status < 400:
+                    self.send_header("Location", f"{self.path}/redirected")
                 self.end_headers()
-                self.wfile.write(f"answered {status}".encode())
+                if self.path not in receiver._large:
+                    self.wfile.write(f"answered {status}".encode())
+                    return
+                with contextlib.suppress(OSError):  # the sender stops reading, and closes
+                    for _ in range(1024):
+                        self.wfile.write(b"x" * 65536)
+                    self.wfile.flush()
+                    receiver.large_read_whole += 1
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
