@@ -249,7 +249,8 @@ class Sender:
         self._metrics.attempts.labels(outcome=outcome).inc()
         if status is not DeliveryStatus.pending:
             self._metrics.deliveries.labels(event=due.event, outcome=status.value).inc()
-        log_method = log.info if status is DeliveryStatus.delivered else log.warning
+        # Deliveries are recorded in the database and counted; failed attempts are also said in the log.
+        log_method = log.debug if status is DeliveryStatus.delivered else log.warning
         log_method(
             "webhook attempt",
             # The host only: a receiver's path often holds a token of its own (chat services' hooks).
