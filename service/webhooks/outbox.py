@@ -40,11 +40,16 @@ def wake_channel(queue_name: str) -> str:
     return f"{queue_name}:webhooks"
 
 
+def iso_utc(moment: datetime) -> str:
+    """A naive UTC time of the database as ISO 8601 with `Z`, as the API writes its times."""
+    return moment.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+
+
 def payload(event: str, job: JobOut, at: datetime) -> str:
     """The body of a delivery: the Standard Webhooks envelope around the job."""
     body = {
         "type": event,
-        "timestamp": at.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z"),
+        "timestamp": iso_utc(at),
         "data": {"job": job.model_dump(mode="json")},
     }
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,7 +32,7 @@ from service.faults import REDIS_UNAVAILABLE, Backoff, transient_db
 from service.metrics import WebhookMetrics
 from service.models import DeliveryStatus, utcnow
 from service.webhooks.destinations import GuardedBackend, RefusedDestination
-from service.webhooks.outbox import wake_channel
+from service.webhooks.outbox import iso_utc, wake_channel
 from service.webhooks.repository import DeliveryRepository, Due
 
 log = structlog.get_logger(__name__)
@@ -49,10 +49,6 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     key = base64.b64decode(secret.removeprefix("whsec_"))
     signed = f"{message_id}.{timestamp}.".encode() + body
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-
-
-def _iso(moment: datetime) -> str:
-    return moment.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
 
 
 class Sender:
@@ -227,7 +223,7 @@ class Sender:
                 " (redirects are not followed)" if 300 <= status_code < 400 else ""
             )
         return {
-            "at": _iso(at),
+            "at": iso_utc(at),
             "status_code": status_code,
             "error": error,
             "duration_ms": duration_ms,
