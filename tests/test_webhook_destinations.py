@@ -91,3 +91,15 @@ def test_every_address_of_the_answer_is_judged(receiver: Receiver) -> None:
     ):
         anyio.run(_post, backend, f"http://mixed.test:{receiver.port}/hook")
     assert receiver.received("/hook") == []
+
+
+@pytest.mark.parametrize("host", ["2130706433", "0x7f.1", "127.1", "0177.0.0.1", "localhost"])
+def test_other_spellings_of_loopback_are_refused_by_what_they_resolve_to(
+    receiver: Receiver, host: str
+) -> None:
+    """Forms the URL check cannot read as an address (decimal, hex, octal, short, a name): the system's own
+    resolver turns them into 127.0.0.1, and the connection is judged on that."""
+    backend = GuardedBackend(allow_private=False)
+    with pytest.raises(RefusedDestination, match="loopback"):
+        anyio.run(_post, backend, f"http://{host}:{receiver.port}/hook")
+    assert receiver.received("/hook") == []

@@ -40,6 +40,10 @@ QUICK = {
 }
 
 
+# Enough retries (one a second) to outlast a process's restart while the receiver is down.
+PATIENT = {**QUICK, "WEBHOOK_RETRY_DELAYS": json.dumps([1] * 25)}
+
+
 @pytest.fixture(scope="module")
 def hooks_stack(start_stack: StackFactory) -> Stack:
     return start_stack(workers=1, **QUICK)
@@ -75,6 +79,18 @@ def verified(secret: str, request: Received) -> dict[str, Any]:
     """The payload, once the standardwebhooks library accepted its signature (it raises otherwise)."""
     payload: dict[str, Any] = StandardWebhook(secret).verify(request.body, request.headers)
     return payload
+
+
+def finished_in_the_outbox(client: httpx.Client, url: str) -> dict[str, Any]:
+    """Subscribe `url` to both events, run a job to its end: both deliveries are in the outbox."""
+    webhook = subscribe(client, url)
+    wait_for(client, submit(client, HELLO)["id"])
+    wait_until(lambda: len(deliveries(client, webhook["id"])) == 2, "both events in the outbox")
+    return webhook
+
+
+def started_then_finished(secret: str, requests: list[Received]) -> list[str]:
+    return [verified(secret, request)["type"] for request in requests]
 
 
 def deliveries(client: httpx.Client, webhook_id: str) -> list[dict[str, Any]]:
@@ -248,28 +264,21 @@ def test_a_receiver_down_for_a_while_gets_the_delivery_when_it_is_back(hooks_sta
 def test_deliveries_survive_a_killed_worker_and_a_killed_api(start_stack: StackFactory) -> None:
     """The worker is killed once the job finished, the API while the receiver is still down: a new API
     process delivers, with no worker running at all."""
-    # Enough retries to outlast the API's restart.
-    stack = start_stack(workers=1, **{**QUICK, "WEBHOOK_RETRY_DELAYS": json.dumps([1] * 25)})
+    stack = start_stack(workers=1, **PATIENT)
     receiver = Receiver()
     path = unique_path()
     with stack.client() as client:
-        webhook = subscribe(client, receiver.url(path))
-        job = submit(client, HELLO)
-        wait_for(client, job["id"])
+        webhook = finished_in_the_outbox(client, receiver.url(path))
         worker = stack.processes[1]
         worker.send_signal(signal.SIGKILL)
         worker.wait()
-        wait_until(lambda: len(deliveries(client, webhook["id"])) == 2, "both events in the outbox")
     restart_api(stack)
     receiver.start()
     try:
         started, finished = receiver.wait_for(path, 2)
     finally:
         receiver.stop()
-    assert [verified(webhook["secret"], request)["type"] for request in (started, finished)] == [
-        "job.started",
-        "job.finished",
-    ]
+    assert started_then_finished(webhook["secret"], [started, finished]) == ["job.started", "job.finished"]
     assert verified(webhook["secret"], finished)["data"]["job"]["status"] == "successful"
 
 
@@ -279,16 +288,11 @@ def test_a_redis_flush_loses_no_delivery(start_stack: StackFactory, tmp_path: Pa
     server = EmbeddedRedis(tmp_path / "redis")
     server.start()
     try:
-        stack = start_stack(
-            workers=1, redis_url=server.url, **{**QUICK, "WEBHOOK_RETRY_DELAYS": json.dumps([1] * 25)}
-        )
+        stack = start_stack(workers=1, redis_url=server.url, **PATIENT)
         receiver = Receiver()
         path = unique_path()
         with stack.client() as client:
-            webhook = subscribe(client, receiver.url(path))
-            job = submit(client, HELLO)
-            wait_for(client, job["id"])
-            wait_until(lambda: len(deliveries(client, webhook["id"])) == 2, "both events in the outbox")
+            webhook = finished_in_the_outbox(client, receiver.url(path))
             with redis.Redis.from_url(server.url) as flushed:
                 flushed.flushall()
             receiver.start()
@@ -299,10 +303,7 @@ def test_a_redis_flush_loses_no_delivery(start_stack: StackFactory, tmp_path: Pa
         stack.stop()  # while Redis is still there: a stopping worker waits for it
     finally:
         server.stop()
-    assert [verified(webhook["secret"], request)["type"] for request in requests] == [
-        "job.started",
-        "job.finished",
-    ]
+    assert started_then_finished(webhook["secret"], requests) == ["job.started", "job.finished"]
 
 
 @pytest.fixture(scope="module")

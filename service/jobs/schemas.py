@@ -159,7 +159,8 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
     return labels
 
 
-def _utc(value: datetime | None) -> datetime | None:
+def as_utc(value: datetime | None) -> datetime | None:
+    """A naive UTC time of the database, made aware for the API's answers."""
     return None if value is None else value.replace(tzinfo=UTC)
 
 
@@ -215,7 +216,7 @@ class JobOut(BaseModel):
     def of(cls, job: Job | Mapping[Any, Any]) -> JobOut:
         data = dict(job) if isinstance(job, Mapping) else job.model_dump()
         for stamp in ("created_at", "started_at", "finished_at"):
-            data[stamp] = _utc(data[stamp])
+            data[stamp] = as_utc(data[stamp])
         return cls.model_validate(data)
 
 
@@ -263,7 +264,7 @@ _HOST_STATS = tuple(HostStats.model_fields)
 def _job_item(row: Mapping[Any, Any]) -> dict[str, Any]:
     item = {name: row[name] for name in JOB_COLUMNS}
     for stamp in ("created_at", "started_at", "finished_at"):
-        item[stamp] = _utc(item[stamp])
+        item[stamp] = as_utc(item[stamp])
     if item["host_stats"] is not None:
         item["host_stats"] = {
             host: {key: counts.get(key, 0) for key in _HOST_STATS}
@@ -280,7 +281,7 @@ def job_page_json(rows: Sequence[Mapping[Any, Any]], next_cursor: str | None) ->
 
 
 def _event_item(row: Mapping[Any, Any]) -> dict[str, Any]:
-    return {name: row[name] for name in EVENT_COLUMNS} | {"created": _utc(row["created"])}
+    return {name: row[name] for name in EVENT_COLUMNS} | {"created": as_utc(row["created"])}
 
 
 def event_page_json(rows: Sequence[Mapping[Any, Any]]) -> bytes:
@@ -298,7 +299,7 @@ BRIEF_EVENT_COLUMNS = tuple(name for name in EVENT_COLUMNS if name != "data")
 
 def brief_event_json(row: Mapping[Any, Any]) -> str:
     """EventOut's JSON without `data`, from a row of BRIEF_EVENT_COLUMNS (a brief stream's message)."""
-    item = {name: row[name] for name in BRIEF_EVENT_COLUMNS} | {"created": _utc(row["created"])}
+    item = {name: row[name] for name in BRIEF_EVENT_COLUMNS} | {"created": as_utc(row["created"])}
     return to_json(item, inf_nan_mode="null").decode()
 
 

@@ -7,15 +7,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from service.jobs.schemas import check_labels
+from service.jobs.schemas import as_utc, check_labels
 from service.models import Webhook, WebhookDelivery
 from service.webhooks.destinations import MAX_URL_LENGTH, check_url
 
 EventName = Literal["job.started", "job.finished"]
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.replace(tzinfo=UTC)
 
 
 class WebhookRequest(BaseModel):
@@ -62,7 +58,7 @@ class WebhookOut(BaseModel):
     @classmethod
     def of(cls, webhook: Webhook) -> WebhookOut:
         data = webhook.model_dump(exclude={"secret"})
-        data["created_at"] = _utc(data["created_at"])
+        data["created_at"] = as_utc(data["created_at"])
         return cls.model_validate(data)
 
 
@@ -105,8 +101,8 @@ class DeliveryOut(BaseModel):
             status=delivery.status,
             attempts=[AttemptOut.model_validate(attempt) for attempt in delivery.attempts],
             created_at=delivery.created_at.replace(tzinfo=UTC),
-            next_attempt_at=_utc(delivery.next_attempt_at) if pending else None,
-            finished_at=_utc(delivery.finished_at),
+            next_attempt_at=as_utc(delivery.next_attempt_at) if pending else None,
+            finished_at=as_utc(delivery.finished_at),
         )
 
 

@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.config import Settings
-from service.faults import REDIS_UNAVAILABLE, Backoff, transient_db
+from service.faults import REDIS_UNAVAILABLE, Backoff, retry, transient_db
 from service.metrics import WebhookMetrics
 from service.models import DeliveryStatus, utcnow
 from service.webhooks.destinations import GuardedBackend, RefusedDestination
@@ -266,18 +266,16 @@ class Sender:
                 await session.commit()
                 return recorded
 
-        backoff = Backoff(first=0.5, cap=5)
-        deadline = time.monotonic() + self._settings.webhook_timeout + _LEASE_MARGIN_S
-        while True:
-            try:
-                if not await write():
-                    log.warning("webhook lease lost during the attempt; another sender took the delivery")
-                return
-            except Exception as exc:
-                if not transient_db(exc) or time.monotonic() > deadline:
-                    raise
-                await backoff.sleep()
-
+        # Within the lease: past it, another sender may take the delivery and attempt it again.
+        recorded = await retry(
+            write,
+            transient=transient_db,
+            what="record a webhook attempt",
+            for_s=self._settings.webhook_timeout + _LEASE_MARGIN_S,
+            backoff=Backoff(first=0.5, cap=5),
+        )
+        if not recorded:
+            log.warning("webhook lease lost during the attempt; another sender took the delivery")
 
 def _attempt_outcome(attempt: dict[str, Any]) -> str:
     error: str = attempt["error"]
