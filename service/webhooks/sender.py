@@ -277,6 +277,7 @@ class Sender:
         if not recorded:
             log.warning("webhook lease lost during the attempt; another sender took the delivery")
 
+
 def _attempt_outcome(attempt: dict[str, Any]) -> str:
     error: str = attempt["error"]
     if attempt["status_code"] is not None:
