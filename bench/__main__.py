@@ -32,6 +32,7 @@ MODULES = [
     "stream",
     "locks",
     "webhooks",
+    "schedules",
 ]
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -64,6 +64,8 @@ class BenchSettings(BaseSettings):
     locks_hosts: int = 10
     webhook_deliveries: int = 2000  # drained from the outbox to a local receiver
     webhook_runs: int = 40  # trivial runs with and without a subscription
+    schedules_due: int = 200  # schedules due at the same moment
+    schedule_rounds: int = 5  # fires of a single schedule
 
 
 BENCH = BenchSettings()

@@ -116,6 +116,31 @@ class ApiClient:
         ).json()["items"]
         return items
 
+    def create_schedule(self, body: dict[str, Any]) -> dict[str, Any]:
+        schedule: dict[str, Any] = self._call("POST", "/schedules", json=body).json()
+        return schedule
+
+    def schedules(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self._call("GET", "/schedules").json()["items"]
+        return items
+
+    def schedule(self, schedule_id: str) -> dict[str, Any]:
+        schedule: dict[str, Any] = self._call("GET", f"/schedules/{schedule_id}").json()
+        return schedule
+
+    def change_schedule(self, schedule_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        schedule: dict[str, Any] = self._call("PATCH", f"/schedules/{schedule_id}", json=body).json()
+        return schedule
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        self._call("DELETE", f"/schedules/{schedule_id}")
+
+    def schedule_fires(self, schedule_id: str, limit: int) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self._call(
+            "GET", f"/schedules/{schedule_id}/fires", params={"limit": limit}
+        ).json()["items"]
+        return items
+
     def stdout(self, job_id: str, *, ansi: bool) -> str:
         return self._call("GET", f"/jobs/{job_id}/stdout", params={"ansi": ansi}).text
 

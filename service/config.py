@@ -167,6 +167,14 @@ class Settings(BaseSettings):
     # How often each API process looks at the outbox without being told of new deliveries.
     webhook_poll_interval: float = Field(default=2, gt=0, le=60)
 
+    # Schedules (service/schedules), fired by the API processes.
+    # A fire time that passed while no API process ran is made up once if it is younger than this (s);
+    # older ones are recorded as missed.
+    schedule_misfire_grace: int = Field(default=300, ge=0, le=7 * 86_400)
+    # How often each API process looks for schedules changed by another process (one it changes itself,
+    # it sees at once).
+    schedule_poll_interval: float = Field(default=5, gt=0, le=60)
+
     # The `ars` command line client: where the API is, and the bearer token to send.
     ars_url: str = "http://127.0.0.1:8000"
     ars_token: str | None = None

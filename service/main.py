@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api import health, jobs, metrics, queue, stream, webhooks
+from service.api import health, jobs, metrics, queue, schedules, stream, webhooks
 from service.api.auth import Authenticator
 from service.api.errors import install_error_handlers
 from service.api.limits import BodyLimitMiddleware
@@ -25,6 +25,7 @@ from service.metrics import ApiMetrics, RequestMiddleware
 from service.queue import JobQueue, create_redis
 from service.redaction import Redactor
 from service.runner.targets import TargetResolver
+from service.schedules.scheduler import Scheduler
 from service.webhooks.sender import Sender
 
 
@@ -63,13 +64,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.stream_allowance = StreamAllowance(settings.max_streams_per_token)
         # The API replicas are always up, the workers may be scaled to zero: the API sends webhooks.
         sender = Sender(app.state.sessions, redis, settings, api_metrics.webhooks)
-        sending = asyncio.create_task(sender.supervised())
+        # So do schedules: a fired run is queued, and KEDA starts a worker for it.
+        app.state.scheduler = Scheduler(
+            app.state.lifecycle, settings, app.state.targets, api_metrics.schedules
+        )
+        background = [
+            asyncio.create_task(sender.supervised()),
+            asyncio.create_task(app.state.scheduler.supervised()),
+        ]
         try:
             yield
         finally:
-            sending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sending
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             app.state.targets.close()
             await app.state.live.close()
             await live_redis.aclose()
@@ -94,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(queue.build_router(settings))
     app.include_router(stream.router)
     app.include_router(webhooks.router)
+    app.include_router(schedules.router)
     app.include_router(console.router)
     app.mount("/static", console.static_files, name="static")
     return app

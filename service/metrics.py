@@ -10,6 +10,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -58,6 +59,32 @@ class WebhookMetrics:
         )
 
 
+class ScheduleMetrics:
+    """Schedules (service/schedules), fired by the API processes."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.fires = Counter(
+            "ars_schedule_fires",
+            "Fire times handled by this process, by outcome: queued (a run started), skipped (overlap: the "
+            "previous run still queued or running), missed (passed while no API process ran, beyond "
+            "SCHEDULE_MISFIRE_GRACE), refused (the job body no longer passes the checks)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.next_fire = Gauge(
+            "ars_schedule_next_fire_timestamp_seconds",
+            "When each enabled schedule fires next (Unix time)",
+            ["schedule"],
+            registry=registry,
+        )
+
+    def set_next_fires(self, next_fires: list[tuple[str, datetime]]) -> None:
+        # Cleared first: a schedule deleted or disabled drops out.
+        self.next_fire.clear()
+        for name, at in next_fires:
+            self.next_fire.labels(schedule=name).set(at.replace(tzinfo=UTC).timestamp())
+
+
 class ApiMetrics:
     """Request counts and latencies by route template, plus gauges refreshed when /metrics is scraped."""
 
@@ -96,6 +123,7 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.webhooks = WebhookMetrics(self.registry)
+        self.schedules = ScheduleMetrics(self.registry)
         self._refreshed_at = float("-inf")
 
     async def refresh(
@@ -104,6 +132,7 @@ class ApiMetrics:
         jobs_by_status: Callable[[], Awaitable[dict[str, int]]],
         queue_depth: Callable[[], Awaitable[QueueDepth]],
         outbox: Callable[[], Awaitable[OutboxStats]],
+        next_fires: Callable[[], Awaitable[list[tuple[str, datetime]]]],
     ) -> None:
         """Re-read the database and queue gauges, at most once per `max_age_s`.
 
@@ -124,6 +153,7 @@ class ApiMetrics:
         self.webhooks.pending.set(stats.pending)
         age = 0.0 if stats.oldest is None else (utcnow() - stats.oldest).total_seconds()
         self.webhooks.oldest.set(max(0.0, age))
+        self.schedules.set_next_fires(await next_fires())
 
 
 def request_id_of(scope: Scope) -> str:

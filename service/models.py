@@ -94,6 +94,10 @@ class Job(SQLModel, table=True):
     waiting_for: dict[str, list[str]] | None = Field(
         default=None, sa_column=sa.Column(sa.JSON, nullable=True)
     )
+    # The schedule that started the run (service/schedules); kept when the schedule is deleted.
+    schedule_id: str | None = Field(
+        default=None, sa_column=sa.Column(sa.String(36), nullable=True, index=True)
+    )
 
 
 class JobEvent(SQLModel, table=True):
@@ -170,3 +174,70 @@ class WebhookDelivery(SQLModel, table=True):
     created_at: datetime = Field(sa_column=sa.Column(Timestamp, nullable=False))
     # Delivered, or given up as failed.
     finished_at: datetime | None = Field(default=None, sa_column=sa.Column(Timestamp, nullable=True))
+
+
+class Overlap(enum.StrEnum):
+    """What a fire time does while the schedule's previous run is queued or running."""
+
+    skip = "skip"
+    queue = "queue"
+
+
+class Schedule(SQLModel, table=True):
+    """A cron expression in a timezone and the run it starts (service/schedules)."""
+
+    __tablename__ = "schedule"
+    __table_args__ = (
+        sa.UniqueConstraint("name", name="uq_schedule_name"),
+        sa.Index("ix_schedule_due", "enabled", "next_fire_at"),
+    )
+
+    id: str = Field(sa_column=sa.Column(sa.String(36), primary_key=True))
+    name: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
+    cron: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
+    timezone: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    # The body of POST /jobs, as validated at create.
+    job: dict[str, Any] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+    enabled: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False))
+    overlap: str = Field(sa_column=sa.Column(sa.String(8), nullable=False))
+    # The next fire time to handle (UTC); NULL while disabled. Moved on by the pass that handles it.
+    next_fire_at: datetime | None = Field(default=None, sa_column=sa.Column(Timestamp, nullable=True))
+    created_at: datetime = Field(sa_column=sa.Column(Timestamp, nullable=False))
+    updated_at: datetime = Field(sa_column=sa.Column(Timestamp, nullable=False))
+    # The name of the API token that created the schedule: its runs are submitted in that name.
+    created_by: str | None = Field(default=None, sa_column=sa.Column(sa.String(64), nullable=True))
+
+
+class FireOutcome(enum.StrEnum):
+    queued = "queued"
+    skipped = "skipped"
+    missed = "missed"
+    # The job body no longer passes the service's checks (a bundled playbook gone, a limit lowered).
+    refused = "refused"
+
+
+class ScheduleFire(SQLModel, table=True):
+    """What became of a fire time. The unique (schedule_id, fire_at) lets one process handle it, however
+    many try."""
+
+    __tablename__ = "schedule_fire"
+    __table_args__ = (
+        sa.UniqueConstraint("schedule_id", "fire_at", name="uq_schedule_fire_schedule_id_fire_at"),
+        # Retention deletes by age.
+        sa.Index("ix_schedule_fire_fire_at", "fire_at"),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.Integer, primary_key=True, autoincrement=True)
+    )
+    # No foreign key: a fire of a deleted schedule may still be recorded by a pass that read it before.
+    schedule_id: str = Field(sa_column=sa.Column(sa.String(36), nullable=False))
+    # The fire time (UTC); for `missed`, the first of the `count` fire times missed in a row.
+    fire_at: datetime = Field(sa_column=sa.Column(Timestamp, nullable=False))
+    outcome: str = Field(sa_column=sa.Column(sa.String(16), nullable=False))
+    count: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    job_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(36), nullable=True))
+    detail: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    recorded_at: datetime = Field(sa_column=sa.Column(Timestamp, nullable=False))
+    # The API process that handled it (host and pid), for the operator reading a log.
+    fired_by: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))

@@ -36,6 +36,7 @@ from service.redaction import Redactor
 from service.runner.environment import check_started_clean, keep_private, scrub_environment
 from service.runner.pipeline import WorkerDeps, execute_run
 from service.runner.spawn import use_vfork_spawn
+from service.schedules.repository import ScheduleRepository
 from service.sources.git import MirrorCache
 
 log = structlog.get_logger(__name__)
@@ -193,15 +194,18 @@ async def reap(ctx: dict[str, Any]) -> int:
 
 
 async def retention(ctx: dict[str, Any]) -> int:
-    """Daily: delete jobs and events that finished more than RETENTION_DAYS ago (0 keeps everything)."""
+    """Daily: delete jobs and events that finished more than RETENTION_DAYS ago, and the record of schedules'
+    fire times as old (0 keeps everything)."""
     deps: WorkerDeps = ctx["deps"]
     days = deps.settings.retention_days
     if not days:
         return 0
-    jobs_deleted, events_deleted = await jobs.purge_expired(
-        deps.lifecycle, finished_before=utcnow() - timedelta(days=days)
-    )
-    log.info("retention done", jobs=jobs_deleted, events=events_deleted, days=days)
+    horizon = utcnow() - timedelta(days=days)
+    jobs_deleted, events_deleted = await jobs.purge_expired(deps.lifecycle, finished_before=horizon)
+    async with deps.sessions() as session:
+        fires_deleted = await ScheduleRepository(session).forget_fires(horizon)
+        await session.commit()
+    log.info("retention done", jobs=jobs_deleted, events=events_deleted, fires=fires_deleted, days=days)
     return jobs_deleted
 
 

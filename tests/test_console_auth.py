@@ -63,7 +63,7 @@ def _job_count(console: Console) -> int:
 
 def test_a_visitor_without_a_session_is_sent_to_the_login_page(console: Console) -> None:
     with console.stack.client() as client:
-        for path in ("/", "/run", "/jobs/00000000-0000-0000-0000-000000000000"):
+        for path in ("/", "/run", "/schedules", "/jobs/00000000-0000-0000-0000-000000000000"):
             response = client.get(path)
             assert response.status_code == 303
             assert response.headers["location"].startswith("/login?next=")

@@ -6,10 +6,7 @@ file), and that the stored events are complete and in order.
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +30,7 @@ from tests.support import (
     wait_for,
     wait_until,
 )
+from tests.support.proxy import TcpProxy, through
 from tests.support.stacks import stop
 
 LOCAL1 = "inventory/local1.yml"
@@ -207,60 +205,6 @@ def test_redis_down_jobs_are_stored_then_run_when_it_returns(
         redis_server.stop()
 
 
-class TcpProxy:
-    """Forwards a local port to the database; `cut()` drops every connection and refuses new ones."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.open = True
-        self.connections: list[socket.socket] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            with self.lock:
-                if not self.open:
-                    client.close()
-                    continue
-                upstream = socket.create_connection(("127.0.0.1", self.target_port))
-                self.connections += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        for end in (source, sink):
-            with contextlib.suppress(OSError):
-                end.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        with self.lock:
-            self.open = False
-            for connection in self.connections:
-                with contextlib.suppress(OSError):
-                    connection.shutdown(socket.SHUT_RDWR)
-                connection.close()
-            self.connections.clear()
-
-    def restore(self) -> None:
-        with self.lock:
-            self.open = True
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
-
-
 @pytest.fixture
 def proxy(backends: Backends) -> Iterator[TcpProxy]:
     url = make_url(backends.database_server_url)
@@ -269,14 +213,6 @@ def proxy(backends: Backends) -> Iterator[TcpProxy]:
     tcp = TcpProxy(url.port or 3306)
     yield tcp
     tcp.close()
-
-
-def through(stack: Stack, proxy: TcpProxy) -> str:
-    return (
-        make_url(stack.database_url)
-        .set(host="127.0.0.1", port=proxy.port)
-        .render_as_string(hide_password=False)
-    )
 
 
 def test_database_outage_during_a_run_loses_nothing(stack: Stack, proxy: TcpProxy, tmp_path: Path) -> None:

@@ -31,21 +31,25 @@ def database(stack: Stack) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-def count_rows(database: sa.Engine) -> tuple[int, int]:
-    """Jobs and webhook subscriptions stored."""
+def count_rows(database: sa.Engine) -> tuple[int, int, int]:
+    """Jobs, webhook subscriptions and schedules stored."""
     with database.connect() as connection:
-        jobs = int(connection.execute(sa.text("SELECT COUNT(*) FROM job")).scalar_one())
-        webhooks = int(connection.execute(sa.text("SELECT COUNT(*) FROM webhook")).scalar_one())
-    return jobs, webhooks
+
+        def count(table: str) -> int:
+            return int(connection.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one())
+
+        return count("job"), count("webhook"), count("schedule")
 
 
 @pytest.fixture
 def no_subscription_left(stack: Stack) -> Iterator[None]:
-    """Subscriptions the fuzz made would be sent every later run of the shared stack: deleted after."""
+    """Subscriptions and schedules the fuzz made would send and start runs in every later test of the shared
+    stack: deleted after."""
     yield
     with stack.client() as client:
-        for hook in client.get("/api/v1/webhooks").json()["items"]:
-            assert client.delete(f"/api/v1/webhooks/{hook['id']}").status_code == 204
+        for kind in ("webhooks", "schedules"):
+            for item in client.get(f"/api/v1/{kind}").json()["items"]:
+                assert client.delete(f"/api/v1/{kind}/{item['id']}").status_code == 204
 
 
 @pytest.mark.parametrize("mode", list(GenerationMode))
@@ -65,16 +69,18 @@ def test_no_server_error_and_nothing_stored_when_refused(
             max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
         )
         def check(case: Case[Any]) -> None:
-            jobs, webhooks = count_rows(database)
+            jobs, webhooks, schedules = count_rows(database)
             response = case.call(base_url=stack.base_url, timeout=30)
             where = f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:500]}"
             assert response.status_code < 500, where
             submitted = case.method == "POST" and case.path == "/api/v1/jobs" and response.status_code == 202
-            subscribed = (
-                case.method == "POST" and case.path == "/api/v1/webhooks" and response.status_code == 201
-            )
-            unsubscribed = case.method == "DELETE" and response.status_code == 204
-            assert count_rows(database) == (jobs + submitted, webhooks + subscribed - unsubscribed), where
+            created = case.method == "POST" and response.status_code == 201
+            deleted = case.method == "DELETE" and response.status_code == 204
+            expected = [jobs + submitted, webhooks, schedules]
+            for index, kind in ((1, "webhooks"), (2, "schedules")):
+                if case.path.startswith(f"/api/v1/{kind}"):
+                    expected[index] += created - deleted
+            assert count_rows(database) == tuple(expected), where
             calls[f"{case.method} {case.path}"] = calls.get(f"{case.method} {case.path}", 0) + 1
 
         try:

@@ -17,6 +17,7 @@ from service.jobs.service import purge_expired
 from service.live.publish import version_key
 from service.models import utcnow
 from service.queue import JobQueue, create_redis
+from service.schedules.repository import ScheduleRepository
 from tests.support import Backends, fresh_database, sync_url
 
 
@@ -133,5 +134,39 @@ def test_retention_deletes_only_old_finished_jobs(backends: Backends, tmp_path: 
         with redis_client.Redis.from_url(backends.redis_url) as server:
             assert all(server.exists(version_key(job_id)) for job_id in announced)
         assert asyncio.run(purge()) == (0, 0)
+    finally:
+        drop()
+
+
+def test_retention_forgets_old_fire_times_of_schedules(backends: Backends, tmp_path: Path) -> None:
+    database_url, drop = fresh_database(backends.database_server_url, tmp_path)
+    try:
+        migrate(Settings(database_url=database_url))
+        engine = sa.create_engine(sync_url(database_url))
+        now = utcnow()
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO schedule_fire (schedule_id, fire_at, outcome, count, recorded_at, fired_by)"
+                    " VALUES ('s', :at, 'queued', 1, :at, 'api:1')"
+                ),
+                [{"at": now - timedelta(days=days)} for days in (40, 31, 29, 0)],
+            )
+
+        async def forget() -> int:
+            async_engine = create_engine(Settings(database_url=database_url))
+            try:
+                async with session_factory(async_engine)() as session:
+                    forgotten = await ScheduleRepository(session).forget_fires(now - timedelta(days=30))
+                    await session.commit()
+                    return forgotten
+            finally:
+                await async_engine.dispose()
+
+        assert asyncio.run(forget()) == 2
+        with engine.connect() as connection:
+            left = connection.execute(sa.text("SELECT fire_at FROM schedule_fire ORDER BY fire_at")).scalars()
+            assert [round((now - at).total_seconds() / 86_400) for at in left] == [29, 0]
+        engine.dispose()
     finally:
         drop()

@@ -283,6 +283,29 @@ def test_missing_scope_is_403(secure: Secure) -> None:
     assert secure.stack.count_jobs() == before
 
 
+def test_schedules_are_read_with_read_and_changed_with_run(secure: Secure, runner: httpx.Client) -> None:
+    body = {
+        "name": f"scoped-{uuid.uuid4().hex[:6]}",
+        "cron": "0 3 * * *",
+        "enabled": False,
+        "job": {"playbook": "debug.yml"},
+    }
+    with secure.stack.client(headers={"Authorization": f"Bearer {secure.tokens['reader']}"}) as reader:
+        assert reader.post("/api/v1/schedules", json=body).status_code == 403
+        assert reader.get("/api/v1/schedules").json()["items"] == []
+        created = runner.post("/api/v1/schedules", json=body)
+        assert created.status_code == 201, created.text
+        schedule = created.json()
+        assert schedule["created_by"] == "runner"
+        path = f"/api/v1/schedules/{schedule['id']}"
+        assert reader.get(path).status_code == 200
+        assert reader.patch(path, json={"enabled": True}).status_code == 403
+        assert reader.delete(path).status_code == 403
+    with secure.stack.client(headers={"Authorization": f"Bearer {secure.tokens['submitter']}"}) as run_only:
+        assert run_only.get("/api/v1/schedules").status_code == 403
+        assert run_only.delete(path).status_code == 204
+
+
 def test_health_and_ready_are_open(secure: Secure) -> None:
     with secure.stack.client() as anonymous:
         assert anonymous.get("/health").status_code == 200

@@ -38,8 +38,9 @@ def _field(loc: tuple[Any, ...]) -> str:
     # ("body", "source", "git", "ref") → "source.ref": the location as the client wrote it.
     # A part can be a key of the client's own (an unknown field): never echoed unbounded.
     parts = [as_field(str(part)) for part in loc if part not in ("body",)]
-    if len(loc) > 2 and loc[0] == "body" and loc[1] == "source" and len(parts) > 2:
-        parts = [parts[0], *parts[2:]]
+    # A source's discriminator tag (`source.git.ref`) is not a field the client wrote: `source.ref`.
+    if "source" in parts and len(parts) > parts.index("source") + 2:
+        del parts[parts.index("source") + 1]
     return ".".join(parts) or "body"
 
 

@@ -1,6 +1,6 @@
-"""The client commands of `ars` (`run`, `jobs`, `show`, `logs`, `cancel`, `webhooks ...`): the API at ARS_URL
-with the bearer token ARS_TOKEN; Ansible's own output for people, JSON lines for scripts, exit codes for
-both."""
+"""The client commands of `ars` (`run`, `jobs`, `show`, `logs`, `cancel`, `webhooks ...`, `schedules ...`):
+the API at ARS_URL with the bearer token ARS_TOKEN; Ansible's own output for people, JSON lines for
+scripts, exit codes for both."""
 
 from __future__ import annotations
 
@@ -289,6 +289,79 @@ def _webhooks_command(args: argparse.Namespace, client: ApiClient, output: _Outp
             output.write(_table(_webhook_rows(found) if command == "list" else _delivery_rows(found)))
 
 
+def _schedule_text(schedule: dict[str, Any]) -> str:
+    lines = [f"{name + ':':13}{_text(schedule[name])}" for name in ("id", "name", "cron", "timezone")]
+    lines.append(f"{'overlap:':13}{schedule['overlap']}")
+    lines.append(f"{'enabled:':13}{'yes' if schedule['enabled'] else 'no'}")
+    lines.append(f"{'playbook:':13}{schedule['job']['playbook']}")
+    lines += [f"{'next runs:' if n == 0 else '':13}{run}" for n, run in enumerate(schedule["next_runs"])]
+    text = "\n".join(lines) + "\n"
+    if schedule["recent_fires"]:
+        text += "\n" + _table(_fire_rows(schedule["recent_fires"]))
+    return text
+
+
+def _fire_rows(fires: list[dict[str, Any]]) -> list[list[str]]:
+    rows = [["FIRE TIME", "OUTCOME", "JOB", "DETAIL"]]
+    for fire in fires:
+        outcome = fire["outcome"] + (f" ({fire['count']})" if fire["count"] > 1 else "")
+        rows.append([fire["fire_at"], outcome, _text(fire["job_id"]) or "-", _text(fire["detail"])])
+    return rows
+
+
+def _schedules_command(args: argparse.Namespace, client: ApiClient, output: _Output) -> None:
+    command = args.schedules_command
+    if command == "list":
+        found = client.schedules()
+        if args.json:
+            output.json(found)
+        elif found:
+            rows = [["ID", "NAME", "CRON", "TIMEZONE", "ENABLED", "NEXT RUN"]]
+            rows += [
+                [
+                    s["id"],
+                    s["name"],
+                    s["cron"],
+                    s["timezone"],
+                    "yes" if s["enabled"] else "no",
+                    (s["next_runs"] or ["-"])[0],
+                ]
+                for s in found
+            ]
+            output.write(_table(rows))
+        return
+    if command == "fires":
+        found = client.schedule_fires(args.id, args.limit)
+        if args.json:
+            output.json(found)
+        elif found:
+            output.write(_table(_fire_rows(found)))
+        return
+    if command == "delete":
+        client.delete_schedule(args.id)
+        if not args.json:
+            say(f"ars: schedule {args.id} deleted; its jobs stay")
+        return
+    if command == "create":
+        body = {
+            "name": args.name,
+            "cron": args.cron,
+            "timezone": args.timezone,
+            "overlap": args.overlap,
+            "enabled": not args.disabled,
+            "job": _run_request(args),
+        }
+        schedule = client.create_schedule(body)
+    elif command in ("enable", "disable"):
+        schedule = client.change_schedule(args.id, {"enabled": command == "enable"})
+    else:
+        schedule = client.schedule(args.id)
+    if args.json:
+        output.json(schedule)
+    else:
+        output.write(_schedule_text(schedule))
+
+
 def _list_jobs(args: argparse.Namespace, client: ApiClient, output: _Output) -> None:
     params = {"status": args.status, "playbook": args.playbook, "limit": args.limit}
     jobs = client.jobs({key: value for key, value in params.items() if value})
@@ -328,6 +401,8 @@ def client_command(args: argparse.Namespace, settings: Settings) -> int:
                 output.write(_job_text(job))
         elif args.command == "webhooks":
             _webhooks_command(args, client, output)
+        elif args.command == "schedules":
+            _schedules_command(args, client, output)
         elif args.command == "cancel":
             job = client.cancel(args.id)
             if args.json:
@@ -343,10 +418,8 @@ def client_command(args: argparse.Namespace, settings: Settings) -> int:
         client.close()
 
 
-def add_parsers(commands: Any) -> None:
-    as_json = argparse.ArgumentParser(add_help=False)
-    as_json.add_argument("--json", action="store_true", help="print JSON for scripts")
-    run = commands.add_parser("run", parents=[as_json], help="run a playbook through the API")
+def _add_run_arguments(run: argparse.ArgumentParser) -> None:
+    """What `run` asks for, as `_run_request` reads it (also the run of `schedules create`)."""
     run.add_argument("playbook", help="playbook path inside the source (the bundled playbooks by default)")
     run.add_argument("-i", "--inventory", help="inventory path inside the source, or @file for an inline one")
     run.add_argument(
@@ -374,6 +447,13 @@ def add_parsers(commands: Any) -> None:
     )
     run.add_argument("--source-repo", metavar="URL", help="a Git repository on a configured provider")
     run.add_argument("--ref", help="branch, tag or commit of --source-repo (default: main)")
+
+
+def add_parsers(commands: Any) -> None:
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON for scripts")
+    run = commands.add_parser("run", parents=[as_json], help="run a playbook through the API")
+    _add_run_arguments(run)
     run.add_argument(
         "-f", "--follow", action="store_true", help="print the output live, exit with the result"
     )
@@ -406,6 +486,31 @@ def add_parsers(commands: Any) -> None:
     )
     deliveries.add_argument("id")
     deliveries.add_argument("--limit", type=int, default=20)
+    schedules = commands.add_parser("schedules", help="runs started by cron (a run token)")
+    timed = schedules.add_subparsers(dest="schedules_command", required=True)
+    create = timed.add_parser("create", parents=[as_json], help="a schedule of a run; prints its next runs")
+    create.add_argument("name", help="unique; letters, digits, spaces and _.:@-")
+    create.add_argument("--cron", required=True, help="5 fields, e.g. '30 2 * * *'")
+    create.add_argument("--timezone", "--tz", default="UTC", help="IANA name, e.g. Europe/Berlin")
+    create.add_argument(
+        "--overlap",
+        choices=["skip", "queue"],
+        default="skip",
+        help="while the previous run is queued or running: skip the fire time (default) or run anyway",
+    )
+    create.add_argument("--disabled", action="store_true", help="create it without firing yet")
+    _add_run_arguments(create)
+    timed.add_parser("list", parents=[as_json], help="every schedule, with its next run")
+    for name, text in [
+        ("show", "a schedule, its next runs and its latest fires"),
+        ("enable", "fire from now on"),
+        ("disable", "stop firing at once"),
+        ("delete", "delete a schedule (its jobs stay)"),
+    ]:
+        timed.add_parser(name, parents=[as_json], help=text).add_argument("id")
+    fires = timed.add_parser("fires", parents=[as_json], help="what became of each fire time, newest first")
+    fires.add_argument("id")
+    fires.add_argument("--limit", type=int, default=20)
     logs = commands.add_parser("logs", parents=[as_json], help="a job's output (--follow: live)")
     logs.add_argument("id")
     logs.add_argument("-f", "--follow", action="store_true", help="follow the output live until the job ends")

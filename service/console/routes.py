@@ -1,5 +1,6 @@
 """The console's pages. Each is a shell that the console's script fills from /api/v1, as any client would;
-the run form is the exception, handled here so that YAML is parsed by the server, never by the browser."""
+the run form is the exception, handled here so that YAML is parsed by the server, never by the browser, and
+so is the list of schedules, which changes at most once a minute and needs no script."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ from service.console.forms import job_body, read_form
 from service.console.sessions import COOKIE
 from service.errors import InvalidRequest, NotFound
 from service.jobs import service as jobs
+from service.jobs.repository import JobRepository
 from service.jobs.schemas import JobRequest
 from service.models import Job, JobStatus
+from service.schedules import service as schedules
 from service.sources.bundled import list_playbooks
 
 HERE = Path(__file__).parent
@@ -102,6 +105,17 @@ async def job_page(request: Request, job_id: str, views: ViewsDep) -> Response:
     except NotFound:
         return _page(request, "not_found.html", principal, status_code=404)
     return _page(request, "job.html", principal, job=job)
+
+
+@router.get("/schedules", response_class=HTMLResponse)
+async def schedule_list(request: Request, session: SessionDep) -> Response:
+    principal = _visitor(request)
+    if principal is None:
+        return _to_login(request)
+    found = await schedules.list_all(session)
+    runs = [fire.job_id for schedule in found for fire in schedule.recent_fires if fire.job_id]
+    statuses = await JobRepository(session).statuses(runs)
+    return _page(request, "schedules.html", principal, schedules=found, statuses=statuses)
 
 
 @router.get("/run", response_class=HTMLResponse)

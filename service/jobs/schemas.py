@@ -211,6 +211,7 @@ class JobOut(BaseModel):
         description='while queued behind leases: {"hosts", "locks", "jobs"}: what it waits for and the runs '
         "holding them or waiting ahead for them; null otherwise"
     )
+    schedule_id: str | None = Field(description="the schedule that started the run, if one did")
 
     @classmethod
     def of(cls, job: Job | Mapping[Any, Any]) -> JobOut:

@@ -58,6 +58,33 @@ async def submit(
         if existing is not None:
             await repository.release_idempotency_key(existing.id, idempotency_key)
             await session.commit()
+    job = await new_job(settings, request, submitted_by, targets=targets, idempotency_key=idempotency_key)
+    try:
+        async with lifecycle.transaction() as transaction:
+            await transaction.submit(job)
+    except IntegrityError:
+        # Two identical idempotent requests raced: the unique key let one in; return that one.
+        if idempotency_key is None:
+            raise
+        existing = await repository.get_by_idempotency_key(submitted_by, idempotency_key)
+        if existing is None:
+            raise
+        return existing, False
+    log.info("job submitted", job_id=job.id, playbook=job.playbook, priority=job.priority)
+    return job, True
+
+
+async def new_job(
+    settings: Settings,
+    request: JobRequest,
+    submitted_by: str | None,
+    *,
+    targets: TargetResolver,
+    idempotency_key: str | None = None,
+    schedule_id: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> Job:
+    """The run a request asks for, checked as a submit checks it (InvalidRequest naming the field)."""
     job = Job(
         id=str(uuid.uuid4()),
         status=JobStatus.queued,
@@ -74,30 +101,19 @@ async def submit(
         forks=request.forks,
         timeout=request.timeout,
         priority=request.priority,
-        labels=request.labels,
+        labels=request.labels if labels is None else labels,
         exclusive=settings.exclusive_default if request.exclusive is None else request.exclusive,
         locks=request.locks,
         idempotency_key=idempotency_key,
         submitted_by=submitted_by,
+        schedule_id=schedule_id,
         created_at=utcnow(),
     )
     checked = check_job(job, settings, source_root=None)
     if job.exclusive and checked.location is None:
         # A bundled playbook's inventory is at hand: a limit that selects nothing is the request's error.
         job.targets = await anyio.to_thread.run_sync(targets.bundled, job, checked.inventory)
-    try:
-        async with lifecycle.transaction() as transaction:
-            await transaction.submit(job)
-    except IntegrityError:
-        # Two identical idempotent requests raced: the unique key let one in; return that one.
-        if idempotency_key is None:
-            raise
-        existing = await repository.get_by_idempotency_key(submitted_by, idempotency_key)
-        if existing is None:
-            raise
-        return existing, False
-    log.info("job submitted", job_id=job.id, playbook=job.playbook, priority=job.priority)
-    return job, True
+    return job
 
 
 async def get(session: AsyncSession, job_id: str) -> Job:

@@ -73,6 +73,7 @@ def _job(**fields: Any) -> dict[str, Any]:
         "locks": ["lb-pool", "db:primary"],
         "targets": ["web1", "db1"],
         "waiting_for": None,
+        "schedule_id": None,
     }
     return row | fields
 
