@@ -390,19 +390,28 @@ def test_deleting_keeps_its_past_jobs(client: httpx.Client, database: sa.Engine)
     assert left == 0
 
 
+@pytest.mark.parametrize(
+    ("stored", "detail"),
+    [
+        ('{"playbook": "gone.yml"}', "job.playbook:"),
+        (
+            '{"playbook": "debug.yml", "verbosity": 9}',
+            "job.verbosity: Input should be less than or equal to 4",
+        ),
+    ],
+)
 def test_a_job_body_that_no_longer_passes_is_refused_at_the_fire(
-    client: httpx.Client, database: sa.Engine
+    client: httpx.Client, database: sa.Engine, stored: str, detail: str
 ) -> None:
     schedule = create(client, cron="* * * * *")
     with database.begin() as connection:
         connection.execute(
-            sa.text("UPDATE schedule SET job = :job WHERE id = :id"),
-            {"job": '{"playbook": "gone.yml"}', "id": schedule["id"]},
+            sa.text("UPDATE schedule SET job = :job WHERE id = :id"), {"job": stored, "id": schedule["id"]}
         )
     bring_forward(database, schedule["id"], datetime.now(UTC))
     [fire] = wait_for_fires(client, schedule["id"], 1)
     assert (fire["outcome"], fire["job_id"]) == ("refused", None)
-    assert fire["detail"].startswith("job.playbook:")
+    assert fire["detail"].startswith(detail)
 
 
 def test_a_fire_time_passed_while_the_database_was_away_is_made_up_once(

@@ -150,8 +150,13 @@ class Scheduler:
                 request = JobRequest.model_validate(schedule.job)
                 run = await scheduled_run(self._settings, request, schedule, targets=self._targets)
                 fires.append(self._fire(schedule_id, steps.fire, FireOutcome.queued))
-            except (InvalidRequest, ValidationError) as exc:
-                detail = exc.detail if isinstance(exc, InvalidRequest) else f"job: {exc}"
+            except InvalidRequest as exc:
+                fires.append(self._fire(schedule_id, steps.fire, FireOutcome.refused, exc.detail))
+            except ValidationError as exc:
+                # A body stored under an older version of the request's rules.
+                detail = "; ".join(
+                    f"job.{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()
+                )
                 fires.append(self._fire(schedule_id, steps.fire, FireOutcome.refused, detail))
         skip = schedule.overlap == Overlap.skip
         return await self._record(schedule_id, due, steps.next_fire, *fires, run=run, skip=skip)

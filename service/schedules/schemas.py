@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.jobs.schemas import JobRequest, as_utc
 from service.models import Schedule, ScheduleFire
-from service.schedules.times import Cron, from_utc_naive, iso_local
+from service.schedules.times import Cron, ScheduleTimeError, from_utc_naive, iso_local
 
 # Names are shown in the console, in metrics' labels and in the `schedule` label of each run.
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9 _.:@-]{0,98}[A-Za-z0-9_.:@-])?\Z")
@@ -87,10 +87,10 @@ class FireOut(BaseModel):
     fired_by: str
 
     @classmethod
-    def of(cls, fire: ScheduleFire, cron: Cron) -> FireOut:
+    def of(cls, fire: ScheduleFire, timezone: tzinfo) -> FireOut:
         return cls(
             id=fire.id or 0,
-            fire_at=iso_local(from_utc_naive(fire.fire_at), cron.timezone),
+            fire_at=iso_local(from_utc_naive(fire.fire_at), timezone),
             outcome=fire.outcome,
             count=fire.count,
             job_id=fire.job_id,
@@ -119,11 +119,18 @@ class ScheduleOut(BaseModel):
 
     @classmethod
     def of(cls, schedule: Schedule, fires: list[ScheduleFire]) -> ScheduleOut:
-        cron = Cron.parse(schedule.cron, schedule.timezone)
+        timezone: tzinfo = UTC
         next_runs = []
-        if schedule.enabled and schedule.next_fire_at is not None:
-            start = from_utc_naive(schedule.next_fire_at)
-            next_runs = [iso_local(run, cron.timezone) for run in cron.next_runs(start)]
+        try:
+            cron = Cron.parse(schedule.cron, schedule.timezone)
+        except ScheduleTimeError:
+            # The machine's timezone data lost the zone: its fires say so; times are shown in UTC.
+            cron = None
+        if cron is not None:
+            timezone = cron.timezone
+            if schedule.enabled and schedule.next_fire_at is not None:
+                start = from_utc_naive(schedule.next_fire_at)
+                next_runs = [iso_local(run, timezone) for run in cron.next_runs(start)]
         return cls(
             id=schedule.id,
             name=schedule.name,
@@ -133,7 +140,7 @@ class ScheduleOut(BaseModel):
             enabled=schedule.enabled,
             overlap=schedule.overlap,
             next_runs=next_runs,
-            recent_fires=[FireOut.of(fire, cron) for fire in fires],
+            recent_fires=[FireOut.of(fire, timezone) for fire in fires],
             created_at=as_utc(schedule.created_at) or schedule.created_at,
             updated_at=as_utc(schedule.updated_at) or schedule.updated_at,
             created_by=schedule.created_by,

@@ -17,7 +17,6 @@ from service.runner.targets import TargetResolver
 from service.schedules.repository import ScheduleRepository
 from service.schedules.schemas import (
     SCHEDULE_LABEL,
-    FireOut,
     FirePage,
     ScheduleOut,
     SchedulePatch,
@@ -192,9 +191,9 @@ async def delete(session: AsyncSession, schedule_id: str) -> None:
 
 async def fires(session: AsyncSession, schedule_id: str, *, limit: int, before: int | None) -> FirePage:
     schedule = await get(session, schedule_id)
-    cron = parse_cron(schedule.cron, schedule.timezone)
     rows: list[ScheduleFire] = await ScheduleRepository(session).fires(
         schedule_id, limit=limit + 1, before=before
     )
     next_cursor = rows[limit - 1].id if len(rows) > limit else None
-    return FirePage(items=[FireOut.of(fire, cron) for fire in rows[:limit]], next_cursor=next_cursor)
+    page = ScheduleOut.of(schedule, rows[:limit])
+    return FirePage(items=page.recent_fires, next_cursor=next_cursor)

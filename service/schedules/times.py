@@ -17,7 +17,7 @@ import re
 import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from cronsim import CronSim, CronSimError
 
@@ -129,7 +129,7 @@ def plan(cron: Cron, due: datetime, now: datetime, grace: timedelta) -> Plan:
     return Plan(fire=None, missed=(due, count), next_fire=upcoming)
 
 
-def iso_local(moment: datetime, timezone: zoneinfo.ZoneInfo) -> str:
+def iso_local(moment: datetime, timezone: tzinfo) -> str:
     """ISO 8601 in the schedule's timezone with its offset, e.g. `2027-03-28T03:00:00+02:00`."""
     return moment.astimezone(timezone).isoformat()
 
