@@ -111,3 +111,14 @@ async def retry(
                 "waiting out a fault", operation=what, error=str(exc).splitlines()[0][:300], **context
             )
             await anyio.sleep(delay)
+
+
+async def supervised(run: Callable[[], Awaitable[None]], what: str) -> None:
+    """`run` (a duty that lasts until cancelled), started again after a pause if a bug stops it: a background
+    duty of the API (sending webhooks, firing schedules) must not stop for good."""
+    while True:
+        try:
+            await run()
+        except Exception:
+            log.exception("stopped by an error; starting it again in 5 s", duty=what)
+            await anyio.sleep(5)

@@ -18,6 +18,7 @@ from service.capabilities import build_lifecycle
 from service.config import Settings, get_settings
 from service.console import routes as console
 from service.db import create_engine, session_factory
+from service.faults import supervised
 from service.jobs.views import JobViews
 from service.live.hub import LiveHub, create_live_redis
 from service.logging import configure_logging
@@ -69,8 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.lifecycle, settings, app.state.targets, api_metrics.schedules
         )
         background = [
-            asyncio.create_task(sender.supervised()),
-            asyncio.create_task(app.state.scheduler.supervised()),
+            asyncio.create_task(supervised(sender.run, "webhook sender")),
+            asyncio.create_task(supervised(app.state.scheduler.run, "scheduler")),
         ]
         try:
             yield

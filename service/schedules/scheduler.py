@@ -65,15 +65,6 @@ class Scheduler:
         """A schedule changed in this process: look again now (the others see it within their poll)."""
         self._woken.set()
 
-    async def supervised(self) -> None:
-        """`run`, started again (after a pause) if a bug stops it: schedules must not stop for good."""
-        while True:
-            try:
-                await self.run()
-            except Exception:
-                log.exception("scheduler stopped by an error; starting it again in 5 s")
-                await anyio.sleep(5)
-
     async def run(self) -> None:
         """Until cancelled (the API's shutdown)."""
         poll = self._settings.schedule_poll_interval

@@ -71,15 +71,6 @@ class Sender:
     def wake(self) -> None:
         self._woken.set()
 
-    async def supervised(self) -> None:
-        """`run`, started again (after a pause) if a bug stops it: deliveries must not stop for good."""
-        while True:
-            try:
-                await self.run()
-            except Exception:
-                log.exception("webhook sender stopped by an error; starting it again in 5 s")
-                await anyio.sleep(5)
-
     async def run(self) -> None:
         """Until cancelled (the API's shutdown)."""
         settings = self._settings
