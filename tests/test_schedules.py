@@ -412,6 +412,10 @@ def test_a_job_body_that_no_longer_passes_is_refused_at_the_fire(
     [fire] = wait_for_fires(client, schedule["id"], 1)
     assert (fire["outcome"], fire["job_id"]) == ("refused", None)
     assert fire["detail"].startswith(detail)
+    # It can still be disabled, and renaming it asks for a body that passes.
+    assert client.patch(f"/api/v1/schedules/{schedule['id']}", json={"enabled": False}).status_code == 200
+    renamed = client.patch(f"/api/v1/schedules/{schedule['id']}", json={"name": f"{schedule['name']}-2"})
+    assert renamed.status_code == 422 and renamed.json()["detail"].startswith("job")
 
 
 def test_a_fire_time_passed_while_the_database_was_away_is_made_up_once(

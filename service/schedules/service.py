@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -67,6 +68,15 @@ async def scheduled_run(
         if exc.detail.startswith("job."):
             raise
         raise InvalidRequest(f"job.{exc.detail}") from None
+
+
+def _stored_request(schedule: Schedule) -> JobRequest:
+    try:
+        return JobRequest.model_validate(schedule.job)
+    except ValidationError:
+        raise InvalidRequest(
+            "job: the stored body does not pass the current rules (its fires are refused); send a new one"
+        ) from None
 
 
 def _first_fire(cron: Cron) -> datetime | None:
@@ -154,8 +164,10 @@ async def change(
             raise InvalidRequest(f"{field}: must not be null (leave it out to keep it)")
     name = patch.name or schedule.name
     cron = parse_cron(patch.cron or schedule.cron, patch.timezone or schedule.timezone)
-    request = patch.job or JobRequest.model_validate(schedule.job)
-    await scheduled_run(settings, request, schedule, targets=targets, name=name)
+    if patch.job is not None or patch.name is not None:
+        # The run's body, and its labels (they carry the name), as a fire would build them.
+        request = patch.job or _stored_request(schedule)
+        await scheduled_run(settings, request, schedule, targets=targets, name=name)
     if patch.name is not None:
         await _name_free(repository, patch.name, but=schedule.id)
         schedule.name = patch.name
