@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.stream_allowance = StreamAllowance(settings.max_streams_per_token)
         # The API replicas are always up, the workers may be scaled to zero: the API sends webhooks.
         sender = Sender(app.state.sessions, redis, settings, api_metrics.webhooks)
-        # So do schedules: a fired run is queued, and KEDA starts a worker for it.
+        # It fires schedules too: a fired run is queued, and KEDA starts a worker for it.
         app.state.scheduler = Scheduler(
             app.state.lifecycle, settings, app.state.targets, api_metrics.schedules
         )
