@@ -20,7 +20,7 @@ SCHEDULE_LABEL = "schedule"
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
-Name = Annotated[str, Field(description=f"unique; {NAME_RULE}")]
+Name = Annotated[str, Field(min_length=1, max_length=100, description=f"unique; {NAME_RULE}")]
 CronText = Annotated[
     str,
     Field(
@@ -37,7 +37,7 @@ OverlapPolicy = Annotated[
 
 def _check_name(name: str) -> str:
     if not _NAME.match(name):
-        raise ValueError(f"name: {NAME_RULE}")
+        raise ValueError(NAME_RULE)
     return name
 
 
