@@ -9,6 +9,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 from sqlmodel import col
 
 from service.models import Job, JobStatus, Schedule, ScheduleFire
@@ -103,6 +104,25 @@ class ScheduleRepository:
             query = query.where(col(ScheduleFire.id) < before)
         result = await self.session.execute(query.order_by(col(ScheduleFire.id).desc()).limit(limit))
         return list(result.scalars().all())
+
+    async def recent_fires(self, schedule_ids: list[str], *, limit: int) -> dict[str, list[ScheduleFire]]:
+        """The latest `limit` fires of each schedule, newest first, in one query."""
+        if not schedule_ids:
+            return {}
+        rank = (
+            sa.func.row_number()
+            .over(partition_by=_FIRE.c.schedule_id, order_by=_FIRE.c.id.desc())
+            .label("rank")
+        )
+        ranked = sa.select(_FIRE, rank).where(_FIRE.c.schedule_id.in_(schedule_ids)).subquery()
+        fire = aliased(ScheduleFire, ranked)
+        result = await self.session.execute(
+            sa.select(fire).where(ranked.c.rank <= limit).order_by(ranked.c.schedule_id, ranked.c.id.desc())
+        )
+        recent: dict[str, list[ScheduleFire]] = {}
+        for row in result.scalars():
+            recent.setdefault(row.schedule_id, []).append(row)
+        return recent
 
     async def active_run(self, schedule_id: str) -> str | None:
         """A run of the schedule that is queued or running."""

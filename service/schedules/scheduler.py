@@ -29,13 +29,13 @@ from service.config import Settings
 from service.errors import InvalidRequest
 from service.faults import Backoff, transient_db
 from service.jobs.lifecycle import Lifecycle, Transaction
-from service.jobs.schemas import JobRequest
+from service.jobs.schemas import JobRequest, as_utc
 from service.metrics import ScheduleMetrics
 from service.models import FireOutcome, Job, Overlap, ScheduleFire, utcnow
 from service.runner.targets import TargetResolver
 from service.schedules.repository import ScheduleRepository
 from service.schedules.service import scheduled_run
-from service.schedules.times import Cron, ScheduleTimeError, from_utc_naive, plan, to_utc_naive
+from service.schedules.times import Cron, ScheduleTimeError, plan, to_utc_naive
 
 log = structlog.get_logger(__name__)
 
@@ -122,7 +122,7 @@ class Scheduler:
             schedule = await ScheduleRepository(session).get(schedule_id)
         if schedule is None or not schedule.enabled or schedule.next_fire_at is None:
             return []
-        due = from_utc_naive(schedule.next_fire_at)
+        due = as_utc(schedule.next_fire_at)
         try:
             cron = Cron.parse(schedule.cron, schedule.timezone)
         except ScheduleTimeError as exc:
@@ -217,7 +217,7 @@ class Scheduler:
             log.info(
                 "schedule fired",
                 outcome=fire.outcome,
-                fire_at=from_utc_naive(fire.fire_at).isoformat(),
+                fire_at=as_utc(fire.fire_at).isoformat(),
                 count=fire.count,
                 job_id=fire.job_id,
                 detail=fire.detail,

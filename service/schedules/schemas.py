@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.jobs.schemas import JobRequest, as_utc
 from service.models import Schedule, ScheduleFire
-from service.schedules.times import Cron, ScheduleTimeError, from_utc_naive, iso_local
+from service.schedules.times import Cron, ScheduleTimeError, iso_local
 
 # Names are shown in the console, in metrics' labels and in the `schedule` label of each run.
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9 _.:@-]{0,98}[A-Za-z0-9_.:@-])?\Z")
@@ -90,12 +90,12 @@ class FireOut(BaseModel):
     def of(cls, fire: ScheduleFire, timezone: tzinfo) -> FireOut:
         return cls(
             id=fire.id or 0,
-            fire_at=iso_local(from_utc_naive(fire.fire_at), timezone),
+            fire_at=iso_local(as_utc(fire.fire_at), timezone),
             outcome=fire.outcome,
             count=fire.count,
             job_id=fire.job_id,
             detail=fire.detail,
-            recorded_at=from_utc_naive(fire.recorded_at),
+            recorded_at=as_utc(fire.recorded_at),
             fired_by=fire.fired_by,
         )
 
@@ -119,18 +119,12 @@ class ScheduleOut(BaseModel):
 
     @classmethod
     def of(cls, schedule: Schedule, fires: list[ScheduleFire]) -> ScheduleOut:
-        timezone: tzinfo = UTC
+        cron = cron_of(schedule)
         next_runs = []
-        try:
-            cron = Cron.parse(schedule.cron, schedule.timezone)
-        except ScheduleTimeError:
-            # The machine's timezone data lost the zone: its fires say so; times are shown in UTC.
-            cron = None
-        if cron is not None:
-            timezone = cron.timezone
-            if schedule.enabled and schedule.next_fire_at is not None:
-                start = from_utc_naive(schedule.next_fire_at)
-                next_runs = [iso_local(run, timezone) for run in cron.next_runs(start)]
+        if cron is not None and schedule.enabled and schedule.next_fire_at is not None:
+            next_runs = [
+                iso_local(run, cron.timezone) for run in cron.next_runs(as_utc(schedule.next_fire_at))
+            ]
         return cls(
             id=schedule.id,
             name=schedule.name,
@@ -140,11 +134,26 @@ class ScheduleOut(BaseModel):
             enabled=schedule.enabled,
             overlap=schedule.overlap,
             next_runs=next_runs,
-            recent_fires=[FireOut.of(fire, timezone) for fire in fires],
-            created_at=as_utc(schedule.created_at) or schedule.created_at,
-            updated_at=as_utc(schedule.updated_at) or schedule.updated_at,
+            recent_fires=fires_out(schedule, fires, cron),
+            created_at=as_utc(schedule.created_at),
+            updated_at=as_utc(schedule.updated_at),
             created_by=schedule.created_by,
         )
+
+
+def cron_of(schedule: Schedule) -> Cron | None:
+    """None when the machine's timezone data lost the schedule's zone (its fires say so)."""
+    try:
+        return Cron.parse(schedule.cron, schedule.timezone)
+    except ScheduleTimeError:
+        return None
+
+
+def fires_out(schedule: Schedule, fires: list[ScheduleFire], cron: Cron | None = None) -> list[FireOut]:
+    """Fire times in the schedule's timezone (UTC if the zone is lost)."""
+    cron = cron or cron_of(schedule)
+    timezone: tzinfo = UTC if cron is None else cron.timezone
+    return [FireOut.of(fire, timezone) for fire in fires]
 
 
 class ScheduleList(BaseModel):

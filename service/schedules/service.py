@@ -22,6 +22,7 @@ from service.schedules.schemas import (
     ScheduleOut,
     SchedulePatch,
     ScheduleRequest,
+    fires_out,
 )
 from service.schedules.times import Cron, ScheduleTimeError, to_utc_naive
 
@@ -140,10 +141,9 @@ async def view(session: AsyncSession, schedule: Schedule) -> ScheduleOut:
 
 async def list_all(session: AsyncSession) -> list[ScheduleOut]:
     repository = ScheduleRepository(session)
-    return [
-        ScheduleOut.of(schedule, await repository.fires(schedule.id, limit=RECENT_FIRES))
-        for schedule in await repository.all()
-    ]
+    schedules = await repository.all()
+    recent = await repository.recent_fires([schedule.id for schedule in schedules], limit=RECENT_FIRES)
+    return [ScheduleOut.of(schedule, recent.get(schedule.id, [])) for schedule in schedules]
 
 
 async def change(
@@ -207,5 +207,4 @@ async def fires(session: AsyncSession, schedule_id: str, *, limit: int, before: 
         schedule_id, limit=limit + 1, before=before
     )
     next_cursor = rows[limit - 1].id if len(rows) > limit else None
-    page = ScheduleOut.of(schedule, rows[:limit])
-    return FirePage(items=page.recent_fires, next_cursor=next_cursor)
+    return FirePage(items=fires_out(schedule, rows[:limit]), next_cursor=next_cursor)

@@ -137,7 +137,3 @@ def iso_local(moment: datetime, timezone: tzinfo) -> str:
 def to_utc_naive(moment: datetime) -> datetime:
     """As the database stores times: naive UTC."""
     return moment.astimezone(UTC).replace(tzinfo=None)
-
-
-def from_utc_naive(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC)
