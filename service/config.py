@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     termination_grace_period: int | None = Field(default=None, ge=SHUTDOWN_MARGIN + 1)
     # The longest run the service accepts, and the default when a request names no timeout.
     max_run_timeout: int = Field(default=86_400, ge=1)
+    # Runs start by forking a process that has imported Ansible already (docs/forkserver.md); false: each
+    # run starts a fresh ansible-playbook.
+    run_fork_server: bool = True
     # How often ansible-runner looks at the cancel flag and the timeout (its pexpect_timeout).
     runner_poll_interval: float = Field(default=0.1, gt=0, le=5)
     # At most this many events per INSERT; batches form by themselves while a write is in flight.

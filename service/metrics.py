@@ -246,6 +246,19 @@ class WorkerMetrics:
             buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, float("inf")),
             registry=self.registry,
         )
+        self.run_starts = Counter(
+            "ars_worker_run_starts",
+            "How ansible-playbook started: warm (forked from the fork server), cold (forked, then exec'd "
+            "because the run's configuration differs from what was imported), direct (no fork server "
+            "reachable), off (RUN_FORK_SERVER=false)",
+            ["mode"],
+            registry=self.registry,
+        )
+        self.fork_server_rss = Gauge(
+            "ars_worker_fork_server_rss_bytes",
+            "Resident memory of this worker's fork server (0 when off or not running)",
+            registry=self.registry,
+        )
         self.run_duration = Histogram(
             "ars_job_duration_seconds",
             "Run time of a job from its start to its final status, by playbook and status",

@@ -34,8 +34,10 @@ from service.models import utcnow
 from service.queue import RUN_JOB, JobQueue, cancel_channel, create_arq_redis, create_redis, wake_channel
 from service.redaction import Redactor
 from service.runner.environment import check_started_clean, keep_private, scrub_environment
+from service.runner.execute import RUN_MARKER, ansible_environment
 from service.runner.pipeline import WorkerDeps, execute_run
 from service.runner.spawn import use_vfork_spawn
+from service.runner.warm import ForkServer
 from service.schedules.repository import ScheduleRepository
 from service.sources.git import MirrorCache
 
@@ -54,6 +56,13 @@ async def startup(ctx: dict[str, Any]) -> None:
     # What the worker writes (a run's variables, ansible-runner's record of its events) is its own, 0600;
     # ansible-playbook keeps the umask the worker was given, for what a playbook writes on this machine.
     use_vfork_spawn(child_umask=os.umask(0o077))
+    fork_server = None
+    if settings.run_fork_server:
+        # Started once the environment is scrubbed: it holds what runs may see, nothing else.
+        run_environment = ansible_environment(settings, "")
+        del run_environment[RUN_MARKER]
+        fork_server = ForkServer(run_environment)
+        fork_server.start()
     # arq's CLI gives its logger a handler of its own; ours formats everything once.
     logging.getLogger("arq").handlers.clear()
     logging.getLogger("arq").propagate = True
@@ -78,6 +87,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         limiter=anyio.CapacityLimiter(settings.worker_max_jobs),
         redactor=redactor,
         mirrors=MirrorCache(settings),
+        fork_server=fork_server,
     )
     ctx["engine"] = engine
     ctx["deps"] = deps
@@ -87,6 +97,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     wake: asyncio.Event = ctx.setdefault("wake", asyncio.Event())
     ctx["listener"] = asyncio.create_task(listen(deps, wake))
     deps.metrics.runs_in_flight.set_function(lambda: len(deps.active))
+    deps.metrics.fork_server_rss.set_function(lambda: fork_server.rss_bytes() if fork_server else 0)
     deps.metrics.backlog.set_function(lambda: sum(len(channel) for channel in list(deps.channels)))
     if settings.worker_metrics_port:
         # A thread of prometheus-client's own: scrapes are answered even while the loop is busy.
@@ -112,6 +123,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await ctx["deps"].redis.aclose()
     if "engine" in ctx:
         await ctx["engine"].dispose()
+    if "deps" in ctx and ctx["deps"].fork_server is not None:
+        ctx["deps"].fork_server.stop()
 
 
 async def listen(deps: WorkerDeps, wake: asyncio.Event) -> None:

@@ -19,6 +19,8 @@ import structlog
 from service.config import Settings
 from service.models import Job
 from service.runner.events import EventChannel
+from service.runner.launcher import SERVER_LOST
+from service.runner.warm import ForkServer, Launch
 from service.runner.workspace import Workspace
 
 log = structlog.get_logger(__name__)
@@ -29,6 +31,10 @@ class RunOutcome:
     status: str
     rc: int | None
     timed_out: bool
+    # Why the run could not go on, when that was not Ansible's doing (its fork server ended).
+    error: str | None = None
+    # How ansible-playbook started: warm, cold, direct (see service/runner/warm.py) or off.
+    start: str = "off"
 
 
 RUN_MARKER = "ARS_RUN_ID"
@@ -70,8 +76,11 @@ def run_ansible(
     settings: Settings,
     channel: EventChannel,
     cancel: threading.Event,
+    fork_server: ForkServer | None = None,
 ) -> RunOutcome:
-    """Run the playbook to its end (blocking). Call in a thread; set `cancel` to stop it."""
+    """Run the playbook to its end (blocking). Call in a thread; set `cancel` to stop it.
+
+    With a fork server, ansible-playbook starts from its warm process (docs/forkserver.md)."""
     deadline = time.monotonic() + (job.timeout or settings.max_run_timeout)
     timed_out = False
 
@@ -86,6 +95,43 @@ def run_ansible(
             return True
         return False
 
+    kwargs = _runner_arguments(job, workspace, settings)
+    kwargs["event_handler"] = _keep_event(channel)
+    kwargs["cancel_callback"] = stop_check
+    notes = workspace.private_data_dir / "launch.json"
+    launch: Launch | None = Launch("off") if fork_server is None else None
+    if fork_server is not None:
+        if fork_server.ready():
+            kwargs["binary"] = str(fork_server.launcher)
+            kwargs["envvars"].update(fork_server.launch_environment(notes))
+            # With a `binary`, ansible-runner leaves the playbook out of the command line.
+            kwargs["cmdline"] = " ".join(
+                filter(None, [kwargs.get("cmdline"), shlex.quote(workspace.playbook)])
+            )
+        else:
+            launch = Launch("direct", "the fork server is starting")
+    try:
+        runner = ansible_runner.run(**kwargs)
+    finally:
+        channel.close()
+    launch = launch or Launch.read(notes)
+    if cancel.is_set() or timed_out or launch.lost:
+        # Once more: a process forked while the first sweep read /proc escaped it. A run whose fork server
+        # ended: its modules (they carry the marker) are all that may be left.
+        kill_run_processes(job.id)
+    if launch.mode in ("direct", "cold"):
+        # Slower, not wrong: a fresh ansible-playbook, as with RUN_FORK_SERVER=false.
+        log.warning(
+            "ansible-playbook not started from the fork server", start=launch.mode, reason=launch.reason
+        )
+    error = launch.lost if launch.lost and runner.rc == SERVER_LOST else None
+    # Logged from the runner thread: anyio copies the caller's context into it, job_id included.
+    log.info("ansible-runner returned", status=runner.status, rc=runner.rc, start=launch.mode)
+    return RunOutcome(str(runner.status), runner.rc, timed_out, error=error, start=launch.mode)
+
+
+def _runner_arguments(job: Job, workspace: Workspace, settings: Settings) -> dict[str, Any]:
+    """ansible_runner.run()'s arguments for this run, but for the callbacks."""
     cmdline = [flag for flag, wanted in (("--check", job.check), ("--diff", job.diff)) if wanted]
     if settings.vault_password_file is not None:
         # A file Ansible reads itself: the password never passes through argv, the environment or a prompt.
@@ -99,8 +145,6 @@ def run_ansible(
         "quiet": True,
         # How often ansible-runner calls the cancel callback (5 s by default).
         "settings": {"pexpect_timeout": settings.runner_poll_interval},
-        "event_handler": _keep_event(channel),
-        "cancel_callback": stop_check,
     }
     ssh_key = settings.ssh_private_key()
     if ssh_key:
@@ -120,16 +164,7 @@ def run_ansible(
         kwargs["forks"] = job.forks
     if cmdline:
         kwargs["cmdline"] = " ".join(cmdline)
-    try:
-        runner = ansible_runner.run(**kwargs)
-    finally:
-        channel.close()
-    if cancel.is_set() or timed_out:
-        # Once more: a process forked while the first sweep read /proc escaped it.
-        kill_run_processes(job.id)
-    # Logged from the runner thread: anyio copies the caller's context into it, job_id included.
-    log.info("ansible-runner returned", status=runner.status, rc=runner.rc)
-    return RunOutcome(status=str(runner.status), rc=runner.rc, timed_out=timed_out)
+    return kwargs
 
 
 def run_processes(job_id: str) -> list[int]:

@@ -30,6 +30,7 @@ from service.redaction import Redactor
 from service.runner.events import STATS_EVENT, EventChannel, host_stats, read_event_files, to_row
 from service.runner.execute import RunOutcome, run_ansible
 from service.runner.targets import TargetsError, no_targets_reason, resolve_targets
+from service.runner.warm import ForkServer
 from service.runner.workspace import Workspace, create_private_dir, fetch_source, prepare
 from service.sources.git import MirrorCache
 
@@ -63,6 +64,8 @@ class WorkerDeps:
     # The cancel flag of each run this worker claims or runs, for the API's cancel messages.
     cancels: dict[str, threading.Event] = field(default_factory=dict)
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    # Where runs start from (RUN_FORK_SERVER); None: each starts a fresh ansible-playbook.
+    fork_server: ForkServer | None = None
 
 
 class EventRecorder:
@@ -174,7 +177,7 @@ async def _run_in_thread(
 
     def target() -> RunOutcome:
         try:
-            return run_ansible(job, workspace, deps.settings, channel, cancel)
+            return run_ansible(job, workspace, deps.settings, channel, cancel, deps.fork_server)
         finally:
             done.set()
 
@@ -193,6 +196,8 @@ def _final(
     outcome: RunOutcome, timeout: int, cancel: threading.Event, stats: dict[str, dict[str, int]] | None
 ) -> tuple[JobStatus, str | None]:
     status = outcome.status
+    if outcome.error:
+        return JobStatus.error, outcome.error
     if status == "successful":
         return JobStatus.successful, None
     if outcome.timed_out:
@@ -288,6 +293,7 @@ async def _execute_claimed(deps: WorkerDeps, job: Job, cancel: threading.Event) 
             return
         stored_all = await recorder.complete(channel, workspace)
         stats = host_stats(recorder.stats) if recorder.stats is not None else None
+        deps.metrics.run_starts.labels(mode=outcome.start).inc()
         status, reason = _final(outcome, job.timeout or deps.settings.max_run_timeout, cancel, stats)
         if not stored_all:
             status, reason = (
