@@ -1,10 +1,11 @@
 """Drain: N trivial jobs queued at once, one worker with `max_jobs` tuned; then the same worker's memory.
 
-CPU comes from /proc: the worker's own time, and its children's (ansible-playbook and every process it
-started, all reaped by the time the drain ends). Baselines: bare ansible-playbook runs of the same job, their
-wall time and CPU time times the jobs divided by the cores (the best any scheduler could do here); and
-`ansible_runner.run()` of the same job in this process, whose own CPU is what ansible-runner itself (pexpect,
-event parsing, artifact files) costs the process that calls it, before anything of the service's.
+CPU comes from /proc: the worker's own time and its fork server's, and their children's (ansible-playbook
+and every process it started, all reaped by the time the drain ends). Baselines: bare ansible-playbook runs
+of the same job, their wall time and CPU time times the jobs divided by the cores (the best any scheduler
+could do here); and `ansible_runner.run()` of the same job in this process, whose own CPU is what
+ansible-runner itself (pexpect, event parsing, artifact files) costs the process that calls it, before
+anything of the service's.
 
 The worker's RSS is sampled idle, after the first runs (warm), and after every run up to BENCH_MEMORY_RUNS
 (the drain's runs count towards it), for the "no growth" figure.
@@ -22,7 +23,6 @@ from bench.harness import (
     CORES,
     Row,
     bare_run,
-    cpu_times,
     load,
     median,
     print_table,
@@ -35,6 +35,7 @@ from bench.harness import (
     unsuccessful,
     wait_finished,
     wait_workers_ready,
+    worker_cpu_times,
     write_playbooks,
 )
 from harness.processes import Stack
@@ -85,7 +86,7 @@ def run() -> dict[str, Any]:
         wait_workers_ready(stack)
         worker = stack.processes[1].pid
         idle_rss = rss_mib(worker)
-        before = cpu_times(worker)
+        before = worker_cpu_times(worker)
         progress(f"drain: {jobs} jobs, 1 worker, max_jobs {BENCH.drain_max_jobs}")
         rss_samples: list[tuple[int, float]] = []
 
@@ -97,7 +98,7 @@ def run() -> dict[str, Any]:
         _submit(stack, jobs)
         wait_finished(stack, jobs, deadline_s=jobs * 20, tick=sample)
         elapsed = time.perf_counter() - started
-        after = cpu_times(worker)
+        after = worker_cpu_times(worker)
         statuses = status_counts(stack)
         extra = max(BENCH.memory_runs - jobs, 0)
         if extra:

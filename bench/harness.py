@@ -408,6 +408,27 @@ def cpu_times(pid: int) -> CpuTimes:
     return CpuTimes(utime + stime, cutime + cstime)
 
 
+def worker_cpu_times(worker: int) -> CpuTimes:
+    """A worker's CPU with its fork server's: the server's own time (accepting, forking) is the service's;
+    its children's (each ansible-playbook, reaped by the server) is Ansible's."""
+    times = cpu_times(worker)
+    server = fork_server_of(worker)
+    if server is None:
+        return times
+    theirs = cpu_times(server)
+    return CpuTimes(times.own + theirs.own, times.children + theirs.children)
+
+
+def fork_server_of(worker: int) -> int | None:
+    for pid in descendants(worker):
+        try:
+            if b"service.runner.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        except OSError:
+            continue
+    return None
+
+
 def descendants(pid: int) -> list[int]:
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():

@@ -1,4 +1,5 @@
-"""Memory: a worker's RSS idle and with N runs in flight (the worker alone, and its Ansible processes).
+"""Memory: a worker's RSS idle and with N runs in flight (the worker alone, its fork server, and its Ansible
+processes, which the fork server forked: they share its pages until they write them, so PSS is their cost).
 
 Growth over many runs is measured by bench/drain.py on its worker (BENCH_MEMORY_RUNS).
 """
@@ -12,6 +13,7 @@ from bench.harness import (
     BENCH,
     Row,
     descendants,
+    fork_server_of,
     load,
     print_table,
     progress,
@@ -33,6 +35,8 @@ def run() -> dict[str, Any]:
         wait_workers_ready(stack)
         worker = stack.processes[1].pid
         idle = rss_mib(worker)
+        server = fork_server_of(worker)
+        server_idle = rss_mib(server) if server else 0.0
         progress(f"{runs} concurrent runs pausing {PAUSE_S} s on one worker")
         for _ in range(runs):
             client.post(
@@ -51,7 +55,8 @@ def run() -> dict[str, Any]:
         # Let every ansible-playbook reach its pause (its forks started) before reading.
         time.sleep(3)
         busy = rss_mib(worker)
-        children = descendants(worker)
+        server_busy = rss_mib(server) if server else 0.0
+        children = [pid for pid in descendants(worker) if pid != server]
         ansible = sum(_pss_or_zero(pid) for pid in children)
         wait_finished(stack, runs, deadline_s=PAUSE_S * 4)
     per_run = (busy - idle) / runs
@@ -61,6 +66,13 @@ def run() -> dict[str, Any]:
             f"{idle:.0f} MiB",
             "—",
             "report",
+            None,
+        ),
+        Row(
+            "fork server RSS (imported Ansible, forks each run)",
+            f"idle {server_idle:.0f} MiB, {runs} runs in flight {server_busy:.0f} MiB",
+            "—",
+            "report; bounded (it runs nothing itself)",
             None,
         ),
         Row(
@@ -80,6 +92,7 @@ def run() -> dict[str, Any]:
         "worker_mib_per_run": per_run,
         "ansible_mib_per_run": ansible / runs,
         "ansible_processes": len(children),
+        "fork_server_mib": {"idle": server_idle, "busy": server_busy},
         "rows": [row.as_dict() for row in rows],
         "load_before": load_before,
         "load_after": load(),

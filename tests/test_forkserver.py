@@ -7,15 +7,18 @@ launcher (fork server) and once with ansible-playbook itself, and compares event
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +70,7 @@ class Case:
     inventory: str = f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}\n"
     expect: str = "warm"  # how the fork server starts it
     ssh: bool = False
+    environment: dict[str, str] = field(default_factory=dict)  # added to the run's
 
 
 TAGGED = """
@@ -138,6 +142,10 @@ def cases(vaulted: str) -> list[Case]:
             files={"ansible.cfg": "[defaults]\nstrategy = free\ntimeout = 17\n"},
             expect="cold",
         ),
+        # What the run's processes see: the same variables (the launcher's own removed), sorted.
+        Case("environment", "- hosts: all\n  gather_facts: false\n  tasks:\n    - shell: env | sort\n"),
+        # Python reads these as it starts: a run that sets one gets a Python that started with it.
+        Case("python-variable", SKIPPY, environment={"PYTHONWARNINGS": "ignore"}, expect="cold"),
         Case("failing", "- hosts: all\n  gather_facts: false\n  tasks:\n    - fail: {msg: no}\n"),
         Case(
             "ssh",
@@ -196,7 +204,7 @@ def run_case(case: Case, base: Path, fork_server: ForkServer | None, ssh: SshTar
         ssh_known_hosts_file=ssh.known_hosts,
     )
     job_id = str(uuid.uuid4())
-    envvars = ansible_environment(settings, job_id)
+    envvars = {**ansible_environment(settings, job_id), **case.environment}
     inventory = case.inventory
     kwargs: dict[str, Any] = {}
     if case.ssh:
@@ -285,6 +293,14 @@ def test_a_run_from_the_fork_server_is_the_run_of_a_fresh_ansible_playbook(
     assert '"shown"' in out["project-cfg"] and "skipping" not in out["project-cfg"]
     assert "skipping" in out["callbacks"] and "project/tree/localhost" in files["callbacks"]
     assert "DEFAULT_STRATEGY" in (by_name["import-time-cfg"].launch.reason or "")
+    assert by_name["python-variable"].launch.reason == "Python variables differ: PYTHONWARNINGS"
+    environment = next(
+        event["event_data"]["res"]["stdout"]
+        for event in by_name["environment"].events
+        if event["event"] == "runner_on_ok"
+    )
+    assert "ANSIBLE_FORCE_COLOR=1" in environment and "ARS_RUN_ID=<uuid>" in environment
+    assert "ARS_FORK_SERVER" not in environment and "ARS_LAUNCH" not in environment
     assert by_name["failing"].rc == 2
     assert "Identity added" in out["ssh"] and "changed=2" in out["ssh"] and files["ssh"]["target.txt"] == "x"
     # The server runs nothing itself: its memory does not grow with the runs it starts.
@@ -304,6 +320,32 @@ def test_without_a_reachable_fork_server_the_launcher_starts_ansible_playbook_it
     assert result.rc == 0
     assert result.launch.mode == "direct"
     assert "fork server not reachable" in (result.launch.reason or "")
+
+
+def test_malformed_requests_are_refused_and_the_server_goes_on(
+    fork_server: ForkServer,
+    sshd: SshTargets,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # Only the worker's user may reach the socket; runs are that user, and gain nothing they lack.
+    assert fork_server.directory.stat().st_mode & 0o777 == 0o700
+    header = struct.Struct("!I")
+    attempts: list[Callable[[socket.socket], object]] = [
+        lambda client: client.sendall(b"no descriptors"),
+        lambda client: socket.send_fds(client, [header.pack(2**31)], [0, 1, 2]),  # too big
+        lambda client: (socket.send_fds(client, [header.pack(2)], [0, 1, 2]), client.sendall(b"[]")),
+        lambda client: (socket.send_fds(client, [header.pack(9)], [0, 1, 2]), client.sendall(b'{"argv"')),
+        lambda client: (socket.send_fds(client, [header.pack(14)], [0, 1]), client.sendall(b'{"argv": "x"}')),
+    ]
+    for attempt in attempts:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(str(fork_server.socket))
+            attempt(client)
+            with contextlib.suppress(OSError):  # closed with our bytes unread: reset
+                client.shutdown(socket.SHUT_WR)
+                assert client.recv(100) == b"", "answered as if a run had started"
+    result = run_case(Case("after-garbage", SKIPPY), tmp_path, fork_server, sshd)
+    assert (result.rc, result.launch.mode) == (0, "warm")
 
 
 # --- through the service ---------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The fork server: a process that has imported what ansible-playbook needs and forks one child per run.
 
-Started by the worker (`python -I -m service.runner.forkserver SOCKET`); it imports only the standard
+Started by the worker (`python -P -m service.runner.forkserver SOCKET`); it imports only the standard
 library and Ansible, never the service, so it holds no setting and no secret. A launcher (launcher.py,
 ansible-runner's `binary`) connects to SOCKET and sends argv, environment, working directory, umask and
 its terminal's three file descriptors; the server forks, and the child becomes that ansible-playbook:
@@ -181,7 +181,6 @@ class Request:
         self.environment: dict[str, str] = {str(k): str(v) for k, v in message["env"].items()}
         self.cwd = str(message["cwd"])
         self.umask = int(message["umask"])
-        self.notes = str(message["notes"]) if message.get("notes") else None
         self.executable = str(message["executable"])
         self.fds = fds
 
@@ -213,10 +212,37 @@ def _body(connection: socket.socket, header: bytes, fds: list[int]) -> bytes:
     return bytes(body)
 
 
-def become_run(request: Request, record: ImportRecord, keep: int) -> None:
+def become_run(request: Request, record: ImportRecord, keep: int, server: int) -> None:
     """In the forked child: turn into the requested ansible-playbook. Does not return."""
+    _take_over(request, keep, server)
+    reason = _cannot_start_warm(request)
+    os.environ.clear()
+    os.environ.update(request.environment)
+    if reason is None:
+        reread_configuration()
+        changed = record.differences()
+        if changed:
+            reason = "differs from what was imported: " + ", ".join(sorted(changed))
+    _note(keep, mode="cold" if reason else "warm", reason=reason)
+    os.close(keep)
+    if reason:
+        os.execve(request.executable, request.argv, request.environment)  # noqa: S606
+    sys.argv = request.argv
+    # A script's directory comes first on a fresh interpreter's path; PYTHONPATH is the server's already.
+    sys.path.insert(0, str(Path(request.executable).parent))
+    # As a fresh interpreter sets its stdout on a terminal: line by line, for the live stream.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=stream.isatty())
+    os._exit(_playbook())
+
+
+def _take_over(request: Request, keep: int, server: int) -> None:
+    """The launcher's session, descriptors, umask and directory; signals as a fresh process has them."""
     os.setsid()
     die_with_parent(signal.SIGKILL)
+    if os.getppid() != server:  # the server died before the line above
+        os._exit(127)
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -226,25 +252,10 @@ def become_run(request: Request, record: ImportRecord, keep: int) -> None:
     os.closerange(keep + 1, 65536)
     os.umask(request.umask)
     os.chdir(request.cwd)
-    os.environ.clear()
-    os.environ.update(request.environment)
-    reason = _cannot_start_warm(request)
-    if reason is None:
-        reread_configuration()
-        changed = record.differences()
-        if changed:
-            reason = "differs from what was imported: " + ", ".join(sorted(changed))
-    _note(request, keep, mode="cold" if reason else "warm", reason=reason)
-    os.close(keep)
-    if reason:
-        os.execve(request.executable, request.argv, request.environment)  # noqa: S606
-    sys.argv = request.argv
-    python_path = [entry for entry in request.environment.get("PYTHONPATH", "").split(os.pathsep) if entry]
-    sys.path[:0] = [str(Path(request.executable).parent), *python_path]
-    # As a fresh interpreter sets its stdout on a terminal: line by line, for the live stream.
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper):
-            stream.reconfigure(line_buffering=stream.isatty())
+
+
+def _playbook() -> int:
+    """ansible-playbook's main, ended as a fresh interpreter ends: exit handlers, flushed output, status."""
     code: Any = 0
     try:
         from ansible.cli.playbook import main
@@ -260,31 +271,30 @@ def become_run(request: Request, record: ImportRecord, keep: int) -> None:
         with contextlib.suppress(Exception):
             stream.flush()
     if code is None:
-        code = 0
-    elif not isinstance(code, int):
+        return 0
+    if not isinstance(code, int):
         with contextlib.suppress(Exception):
             print(code, file=sys.stderr, flush=True)
-        code = 1
-    os._exit(code)
+        return 1
+    return code
 
 
 def _cannot_start_warm(request: Request) -> str | None:
-    # Python reads these at its start; a fork starts nothing.
+    """Why this run cannot start from this process, read before the run's environment replaces ours."""
+    # Python reads these when it starts (PYTHONPATH, PYTHONHASHSEED, …); a fork starts nothing.
     python = sorted(
         name
-        for name in request.environment
-        if name.startswith("PYTHON")
-        and name != "PYTHONPATH"
-        and os.environ.get(name) != request.environment[name]
+        for name in {*request.environment, *os.environ}
+        if name.startswith("PYTHON") and os.environ.get(name) != request.environment.get(name)
     )
     if python:
-        return "Python variables set: " + ", ".join(python)
+        return "Python variables differ: " + ", ".join(python)
     if Path(request.argv[0]).name != "ansible-playbook":
         return f"not ansible-playbook: {request.argv[0]}"
     return None
 
 
-def _note(request: Request, connection: int, **fields: Any) -> None:
+def _note(connection: int, **fields: Any) -> None:
     # To the launcher, which writes it where the worker reads it after the run.
     with contextlib.suppress(OSError):
         os.write(connection, (json.dumps({"note": fields}) + "\n").encode())
@@ -334,17 +344,25 @@ class Server:
                 key.data(key.fileobj)
 
     def accept(self, listener: socket.socket) -> None:
-        connection, _ = listener.accept()
+        try:
+            connection, _ = listener.accept()
+        except OSError as exc:  # out of descriptors: the launcher starts ansible-playbook itself
+            log("connection not accepted", error=str(exc))
+            return
         try:
             request = receive(connection)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log("request refused", error=str(exc))
             connection.close()
             return
+        server = os.getpid()
         pid = os.fork()
         if pid == 0:
             try:
-                become_run(request, self.record, connection.fileno())
+                become_run(request, self.record, connection.fileno(), server)
+            except BaseException as exc:  # said on the run's output, whatever it is
+                with contextlib.suppress(OSError):
+                    os.write(2, f"ars: ansible-playbook could not be started: {exc!r}\n".encode())
             finally:
                 os._exit(127)
         for fd in request.fds:
@@ -361,13 +379,20 @@ class Server:
 
     def launcher_gone(self, pid: int) -> None:
         # The launcher sends nothing after its request: readable means it closed or died.
-        connection, _ = self.children[pid]
-        if connection.recv(1, socket.MSG_PEEK):
+        if pid not in self.children:  # ended in the same pass
             return
+        connection, _ = self.children[pid]
+        try:
+            if connection.recv(1, socket.MSG_PEEK):
+                return
+        except OSError:
+            pass
         kill_tree(pid)
         self.selector.unregister(connection)
 
     def child_ended(self, pid: int) -> None:
+        if pid not in self.children:
+            return
         connection, pidfd = self.children.pop(pid)
         _, status = os.waitpid(pid, 0)
         self.selector.unregister(pidfd)

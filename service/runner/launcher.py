@@ -42,7 +42,6 @@ def main() -> None:
                 "env": environment,
                 "cwd": os.getcwd(),  # noqa: PTH109  # pathlib costs the launcher its import
                 "umask": umask,
-                "notes": notes,
                 "executable": executable,
             }
         ).encode()

@@ -63,7 +63,7 @@ class ForkServer:
     def start(self) -> None:
         self.socket.unlink(missing_ok=True)
         self.process = subprocess.Popen(
-            [sys.executable, "-I", "-m", "service.runner.forkserver", str(self.socket)],
+            [sys.executable, "-P", "-m", "service.runner.forkserver", str(self.socket)],
             env=self.environment,
             cwd=self.directory,
             stdin=subprocess.DEVNULL,
