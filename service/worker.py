@@ -61,8 +61,12 @@ async def startup(ctx: dict[str, Any]) -> None:
         # Started once the environment is scrubbed: it holds what runs may see, nothing else.
         run_environment = ansible_environment(settings, "")
         del run_environment[RUN_MARKER]
-        fork_server = ForkServer(run_environment)
-        fork_server.start()
+        try:
+            fork_server = ForkServer(run_environment)
+        except OSError as exc:
+            log.warning("fork server off: each run starts a fresh ansible-playbook", error=str(exc))
+        else:
+            fork_server.start()
     # arq's CLI gives its logger a handler of its own; ours formats everything once.
     logging.getLogger("arq").handlers.clear()
     logging.getLogger("arq").propagate = True

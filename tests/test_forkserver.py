@@ -322,6 +322,49 @@ def test_without_a_reachable_fork_server_the_launcher_starts_ansible_playbook_it
     assert "fork server not reachable" in (result.launch.reason or "")
 
 
+def test_a_signal_to_the_launcher_reaches_its_child_and_ends_it_alike(
+    fork_server: ForkServer, tmp_path: Path
+) -> None:
+    (tmp_path / "site.yml").write_text(
+        "- hosts: all\n  gather_facts: false\n  tasks:\n    - ansible.builtin.pause: {seconds: 120}\n"
+    )
+    environment = {
+        **os.environ,
+        **fork_server.environment,
+        **fork_server.launch_environment(tmp_path / "launch.json"),
+    }
+    launcher = subprocess.Popen(
+        [str(fork_server.launcher), "-i", "localhost,", "-c", "local", "site.yml"],
+        env=environment,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    assert fork_server.process is not None
+    server = fork_server.process.pid
+    children: list[int] = []
+
+    def forked_all() -> list[int]:
+        return processes_with(b"service.runner.forkserver")
+
+    def forked() -> bool:
+        children[:] = [pid for pid in forked_all() if parent_of(pid) == server]
+        return bool(children)
+
+    wait_until(forked, "the server to fork the run")
+    # Playing: its configuration read (the notes say so), and Ansible's worker for the pause forked.
+    wait_until(
+        lambda: (
+            (tmp_path / "launch.json").exists() and any(parent_of(pid) == children[0] for pid in forked_all())
+        ),
+        "the play to pause",
+    )
+    launcher.send_signal(signal.SIGTERM)
+    # As a fresh ansible-playbook sent SIGTERM ends: by that signal; so does the launcher.
+    assert launcher.wait(timeout=30) == -signal.SIGTERM
+    wait_until(lambda: children[0] not in processes_with(b"service.runner.forkserver"), "the child to end")
+
+
 def test_malformed_requests_are_refused_and_the_server_goes_on(
     fork_server: ForkServer,
     sshd: SshTargets,  # noqa: F811

@@ -120,8 +120,9 @@ def run_ansible(
         # ended: its modules (they carry the marker) are all that may be left.
         kill_run_processes(job.id)
     if launch.mode in ("direct", "cold"):
-        # Slower, not wrong: a fresh ansible-playbook, as with RUN_FORK_SERVER=false.
-        log.warning(
+        # Slower, not wrong: a fresh ansible-playbook, as with RUN_FORK_SERVER=false. Cold is the run's
+        # configuration; direct, a fork server that is not there.
+        (log.warning if launch.mode == "direct" else log.info)(
             "ansible-playbook not started from the fork server", start=launch.mode, reason=launch.reason
         )
     error = launch.lost if launch.lost and runner.rc == SERVER_LOST else None

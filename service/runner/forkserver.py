@@ -53,6 +53,8 @@ PREIMPORT = (
     "ansible.executor.module_common",
 )
 HEADER = struct.Struct("!I")
+# What the launcher forwards to the child (launcher.py).
+FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2}
 MAX_REQUEST = 4 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
 
@@ -90,7 +92,7 @@ class ImportRecord:
 def _setting(constants: types.ModuleType, name: str) -> Any:
     if hasattr(constants, name):
         return getattr(constants, name)
-    return constants.config.get_config_value(name)
+    return constants.config.get_config_value_and_origin(name)[0]
 
 
 def preimport() -> ImportRecord:
@@ -112,7 +114,8 @@ def preimport() -> ImportRecord:
 
     record = ImportRecord()
     definitions = set(C.config.get_configuration_definitions())
-    get_config_value = C.config.get_config_value
+    # get_config_value goes through it too.
+    get_value_and_origin = C.config.get_config_value_and_origin
 
     class RecordingConstants(types.ModuleType):
         def __getattribute__(self, name: str) -> Any:
@@ -122,10 +125,10 @@ def preimport() -> ImportRecord:
             return value
 
     def recording_get(name: str, *args: Any, **kwargs: Any) -> Any:
-        value = get_config_value(name, *args, **kwargs)
-        if not args and not kwargs:  # a plugin's option or a play's variable is read per run, not here
+        value, origin = get_value_and_origin(name, *args, **kwargs)
+        if not args and not any(kwargs.values()):  # a plugin's option, a play's variable: read per run
             record.settings.setdefault(name, value)
-        return value
+        return value, origin
 
     environ_class = type(os.environ)
     getitem = environ_class.__getitem__
@@ -140,14 +143,14 @@ def preimport() -> ImportRecord:
         return value
 
     C.__class__ = RecordingConstants
-    C.config.get_config_value = recording_get
+    C.config.get_config_value_and_origin = recording_get
     environ_class.__getitem__ = recording_getitem  # type: ignore[method-assign]
     try:
         for name in PREIMPORT:
             importlib.import_module(name)
     finally:
         C.__class__ = types.ModuleType
-        del C.config.get_config_value
+        del C.config.get_config_value_and_origin
         environ_class.__getitem__ = getitem  # type: ignore[method-assign]
     return record
 
@@ -212,9 +215,9 @@ def _body(connection: socket.socket, header: bytes, fds: list[int]) -> bytes:
     return bytes(body)
 
 
-def become_run(request: Request, record: ImportRecord, keep: int, server: int) -> None:
+def become_run(request: Request, record: ImportRecord, keep: int, server: int, mask: set[int]) -> None:
     """In the forked child: turn into the requested ansible-playbook. Does not return."""
-    _take_over(request, keep, server)
+    _take_over(request, keep, server, mask)
     reason = _cannot_start_warm(request)
     os.environ.clear()
     os.environ.update(request.environment)
@@ -237,7 +240,7 @@ def become_run(request: Request, record: ImportRecord, keep: int, server: int) -
     os._exit(_playbook())
 
 
-def _take_over(request: Request, keep: int, server: int) -> None:
+def _take_over(request: Request, keep: int, server: int, mask: set[int]) -> None:
     """The launcher's session, descriptors, umask and directory; signals as a fresh process has them."""
     os.setsid()
     die_with_parent(signal.SIGKILL)
@@ -246,6 +249,7 @@ def _take_over(request: Request, keep: int, server: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     for target, fd in enumerate(request.fds):
         os.dup2(fd, target)
     os.closerange(3, keep)
@@ -356,15 +360,19 @@ class Server:
             connection.close()
             return
         server = os.getpid()
+        # Held until the child has a fresh process's handlers: a signal the launcher forwards at once
+        # then does to it what it does to a fresh ansible-playbook.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
         pid = os.fork()
         if pid == 0:
             try:
-                become_run(request, self.record, connection.fileno(), server)
+                become_run(request, self.record, connection.fileno(), server, mask)
             except BaseException as exc:  # said on the run's output, whatever it is
                 with contextlib.suppress(OSError):
                     os.write(2, f"ars: ansible-playbook could not be started: {exc!r}\n".encode())
             finally:
                 os._exit(127)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for fd in request.fds:
             os.close(fd)
         connection.setblocking(True)
@@ -422,7 +430,7 @@ def main() -> None:
     log(
         "fork server ready",
         imported_in=round(time.monotonic() - started, 3),
-        settings_read_at_import=len(record.settings),
+        settings_read_at_import=sorted(record.settings),
         variables_read_at_import=sorted(record.environment),
     )
     try:

@@ -60,8 +60,11 @@ def stand_for_child(connection: socket.socket, notes: str) -> None:
 
     def forward(signum: int, frame: object) -> None:
         if child:
-            with contextlib.suppress(ProcessLookupError):
+            try:
                 os.killpg(child, signum)
+            except ProcessLookupError:  # before its setsid: the child alone, the server holds it
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signum)
         else:
             pending.append(signum)
 

@@ -8,6 +8,7 @@ itself when the server cannot be reached. `RUN_FORK_SERVER=false` turns all of i
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,9 @@ class ForkServer:
         self.launcher = self.directory / "ansible-playbook"
         self.launcher.write_text(f"#!{sys.executable} -IS\n" + Path(launcher.__file__).read_text())
         self.launcher.chmod(0o700)
+        if not os.access(self.launcher, os.X_OK):  # a temporary directory mounted noexec
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise OSError(f"{self.directory.parent} does not allow executing files (the launcher)")
         self.environment = server_environment(run_environment, self.directory)
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
