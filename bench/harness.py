@@ -214,7 +214,8 @@ def shared_server(action: Callable[[], T], deadline_s: float = 120) -> T:
 
 
 def wait_workers_ready(stack: Stack, deadline_s: float = 60) -> None:
-    """A worker is ready once it has run its startup crons (the sweeper logs nothing; poll Redis)."""
+    """A worker is ready once it has run its startup crons (the sweeper logs nothing; poll Redis) and its
+    fork server, if it has one, listens (it has imported Ansible)."""
     client = redis.Redis.from_url(BENCH.redis_url)
     queue = stack.env["QUEUE_NAME"]
     deadline = time.monotonic() + deadline_s
@@ -226,6 +227,15 @@ def wait_workers_ready(stack: Stack, deadline_s: float = 60) -> None:
             time.sleep(0.05)
     finally:
         client.close()
+    for worker in stack.processes[1:]:
+        server = fork_server_of(worker.pid)
+        if server is None:
+            continue
+        socket_path = Path(Path(f"/proc/{server}/cmdline").read_bytes().split(b"\0")[-2].decode())
+        while not socket_path.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the fork server did not start listening")
+            time.sleep(0.05)
 
 
 def running_job(job_id: str, playbook: str) -> Job:

@@ -28,16 +28,15 @@ from bench.harness import (
 PAUSE_S = 15
 
 
-def run() -> dict[str, Any]:
-    load_before = load()
-    runs = BENCH.concurrent_runs
-    with service(WORKER_MAX_JOBS=str(runs)) as stack, stack.client() as client:
+def _concurrent(runs: int, **extra: str) -> dict[str, Any]:
+    """`runs` runs pausing at once on one worker: the worker's RSS, its fork server's, and the PSS of
+    every process below them (each run's ansible-playbook and its Ansible workers)."""
+    with service(1, WORKER_MAX_JOBS=str(runs), **extra) as stack, stack.client() as client:
         wait_workers_ready(stack)
         worker = stack.processes[1].pid
         idle = rss_mib(worker)
         server = fork_server_of(worker)
         server_idle = rss_mib(server) if server else 0.0
-        progress(f"{runs} concurrent runs pausing {PAUSE_S} s on one worker")
         for _ in range(runs):
             client.post(
                 "/api/v1/jobs",
@@ -59,6 +58,29 @@ def run() -> dict[str, Any]:
         children = [pid for pid in descendants(worker) if pid != server]
         ansible = sum(_pss_or_zero(pid) for pid in children)
         wait_finished(stack, runs, deadline_s=PAUSE_S * 4)
+    return {
+        "idle": idle,
+        "busy": busy,
+        "server_idle": server_idle,
+        "server_busy": server_busy,
+        "ansible": ansible,
+        "processes": len(children),
+    }
+
+
+def run() -> dict[str, Any]:
+    load_before = load()
+    runs = BENCH.concurrent_runs
+    progress(f"{runs} concurrent runs pausing {PAUSE_S} s on one worker, fork server on then off")
+    warm = _concurrent(runs)
+    off = _concurrent(runs, RUN_FORK_SERVER="false")
+    idle, busy, server_idle, server_busy = (
+        warm["idle"],
+        warm["busy"],
+        warm["server_idle"],
+        warm["server_busy"],
+    )
+    ansible, children = warm["ansible"], warm["processes"]
     per_run = (busy - idle) / runs
     rows = [
         Row(
@@ -79,7 +101,7 @@ def run() -> dict[str, Any]:
             f"RSS per concurrent run ({runs} in flight)",
             f"worker +{per_run:.1f} MiB/run ({busy:.0f} MiB);"
             f" Ansible processes {ansible / runs:.0f} MiB/run (PSS)",
-            "—",
+            f"fork server off: Ansible processes {off['ansible'] / runs:.0f} MiB/run (PSS)",
             "report",
             None,
         ),
@@ -91,7 +113,8 @@ def run() -> dict[str, Any]:
         "concurrent_runs": runs,
         "worker_mib_per_run": per_run,
         "ansible_mib_per_run": ansible / runs,
-        "ansible_processes": len(children),
+        "ansible_processes": children,
+        "ansible_mib_per_run_fork_server_off": off["ansible"] / runs,
         "fork_server_mib": {"idle": server_idle, "busy": server_busy},
         "rows": [row.as_dict() for row in rows],
         "load_before": load_before,
