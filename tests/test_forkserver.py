@@ -18,7 +18,7 @@ import struct
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -373,18 +373,23 @@ def test_malformed_requests_are_refused_and_the_server_goes_on(
     # Only the worker's user may reach the socket; runs are that user, and gain nothing they lack.
     assert fork_server.directory.stat().st_mode & 0o777 == 0o700
     header = struct.Struct("!I")
-    attempts: list[Callable[[socket.socket], object]] = [
-        lambda client: client.sendall(b"no descriptors"),
-        lambda client: socket.send_fds(client, [header.pack(2**31)], [0, 1, 2]),  # too big
-        lambda client: (socket.send_fds(client, [header.pack(2)], [0, 1, 2]), client.sendall(b"[]")),
-        lambda client: (socket.send_fds(client, [header.pack(9)], [0, 1, 2]), client.sendall(b'{"argv"')),
-        lambda client: (socket.send_fds(client, [header.pack(14)], [0, 1]), client.sendall(b'{"argv": "x"}')),
+    # (header, descriptors sent with it, body)
+    attempts: list[tuple[bytes, list[int], bytes]] = [
+        (b"no descriptors", [], b""),
+        (header.pack(2**31), [0, 1, 2], b""),  # too big
+        (header.pack(2), [0, 1, 2], b"[]"),  # not an object
+        (header.pack(9), [0, 1, 2], b'{"argv"'),  # cut short
+        (header.pack(14), [0, 1], b'{"argv": "x"}'),  # two descriptors
     ]
-    for attempt in attempts:
+    for first, descriptors, body in attempts:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
             client.connect(str(fork_server.socket))
-            attempt(client)
             with contextlib.suppress(OSError):  # closed with our bytes unread: reset
+                if descriptors:
+                    socket.send_fds(client, [first], descriptors)
+                else:
+                    client.sendall(first)
+                client.sendall(body)
                 client.shutdown(socket.SHUT_WR)
                 assert client.recv(100) == b"", "answered as if a run had started"
     result = run_case(Case("after-garbage", SKIPPY), tmp_path, fork_server, sshd)
