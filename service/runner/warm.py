@@ -61,7 +61,6 @@ class ForkServer:
             raise OSError(f"{self.directory.parent} does not allow executing files (the launcher)")
         self.environment = server_environment(run_environment, self.directory)
         self.process: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -81,7 +80,6 @@ class ForkServer:
         with self._lock:
             if self.process is None or self.process.poll() is not None:
                 if self.process is not None:
-                    self.restarts += 1
                     log.warning("fork server ended: restarting it", returncode=self.process.returncode)
                 self.start()
                 return False
