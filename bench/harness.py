@@ -28,7 +28,15 @@ import yaml
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from harness.databases import LOCAL_MARIADB, LOCAL_REDIS, fresh_database
-from harness.processes import FINISHED, Stack, ansible_playbook, service_env, start_process, wait_http
+from harness.processes import (
+    FINISHED,
+    Stack,
+    ansible_playbook,
+    fork_server_of,
+    service_env,
+    start_process,
+    wait_http,
+)
 from service.config import Settings
 from service.db import migrate
 from service.embedded import free_port
@@ -229,10 +237,7 @@ def wait_workers_ready(stack: Stack, deadline_s: float = 60) -> None:
         client.close()
     for worker in stack.processes[1:]:
         server = fork_server_of(worker.pid)
-        if server is None:
-            continue
-        socket_path = Path(Path(f"/proc/{server}/cmdline").read_bytes().split(b"\0")[-2].decode())
-        while not socket_path.exists():
+        while server is not None and not server[1].exists():
             if time.monotonic() > deadline:
                 raise RuntimeError("the fork server did not start listening")
             time.sleep(0.05)
@@ -425,36 +430,8 @@ def worker_cpu_times(worker: int) -> CpuTimes:
     server = fork_server_of(worker)
     if server is None:
         return times
-    theirs = cpu_times(server)
+    theirs = cpu_times(server[0])
     return CpuTimes(times.own + theirs.own, times.children + theirs.children)
-
-
-def fork_server_of(worker: int) -> int | None:
-    for pid in descendants(worker):
-        try:
-            if b"service.runner.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return pid
-        except OSError:
-            continue
-    return None
-
-
-def descendants(pid: int) -> list[int]:
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def load() -> list[float]:

@@ -12,8 +12,6 @@ from typing import Any
 from bench.harness import (
     BENCH,
     Row,
-    descendants,
-    fork_server_of,
     load,
     print_table,
     progress,
@@ -24,6 +22,8 @@ from bench.harness import (
     wait_finished,
     wait_workers_ready,
 )
+from harness.processes import fork_server_of
+from service.runner.forkserver import descendants
 
 PAUSE_S = 15
 
@@ -35,7 +35,8 @@ def _concurrent(runs: int, **extra: str) -> dict[str, Any]:
         wait_workers_ready(stack)
         worker = stack.processes[1].pid
         idle = rss_mib(worker)
-        server = fork_server_of(worker)
+        found = fork_server_of(worker)
+        server = found[0] if found else None
         server_idle = rss_mib(server) if server else 0.0
         for _ in range(runs):
             client.post(

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from harness.databases import sync_url
 from service.embedded import free_port
+from service.runner.forkserver import descendants
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_PLAYBOOKS = ROOT / "tests" / "playbooks"
@@ -148,3 +149,26 @@ def refuses_to_start(command: list[str], env: dict[str, str]) -> str:
     result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     return result.stderr
+
+
+def parent_of(pid: int) -> int:
+    """Its parent's pid (0 once it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError):
+        return 0
+
+
+def fork_server_of(worker: int) -> tuple[int, Path] | None:
+    """A worker's fork server (docs/forkserver.md), if it has one: its pid and its socket, the last argument
+    of its command line. What it forks keeps that command line; only the server is the worker's child."""
+    for pid in descendants(worker):
+        if parent_of(pid) != worker:
+            continue
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"service.runner.forkserver" in argv:
+            return pid, Path(argv[-2].decode())
+    return None

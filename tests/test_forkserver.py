@@ -29,6 +29,7 @@ import httpx
 import pytest
 from ansible.parsing.vault import VaultLib, VaultSecret
 
+from harness.processes import fork_server_of, parent_of
 from service.config import Settings
 from service.embedded import free_port
 from service.runner.execute import RUN_MARKER, ansible_environment, run_processes
@@ -415,13 +416,6 @@ def processes_with(needle: bytes) -> list[int]:
     return found
 
 
-def parent_of(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1])
-    except (OSError, IndexError):
-        return 0
-
-
 @dataclass
 class Server:
     pid: int
@@ -432,16 +426,15 @@ class Server:
         return [pid for pid in processes_with(str(self.socket).encode()) if pid != self.pid]
 
 
-def fork_server_of(worker: subprocess.Popen[bytes], not_pid: int = 0) -> Server:
+def listening_fork_server(worker: subprocess.Popen[bytes], not_pid: int = 0) -> Server:
     found: list[Server] = []
 
     def listening() -> bool:
-        for pid in processes_with(b"service.runner.forkserver"):
-            if parent_of(pid) == worker.pid and pid != not_pid:
-                socket = Path(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[-2].decode())
-                found[:] = [Server(pid, socket)]
-                return socket.exists()
-        return False
+        server = fork_server_of(worker.pid)
+        if server is None or server[0] == not_pid:
+            return False
+        found[:] = [Server(*server)]
+        return server[1].exists()
 
     wait_until(listening, "the worker's fork server to listen")
     return found[0]
@@ -475,7 +468,7 @@ def test_cancel_and_timeout_end_every_process_of_a_warm_run(
     metrics_port = free_port()
     stack = start_stack(workers=0)
     worker = stack.add_worker("warm", WORKER_METRICS_PORT=str(metrics_port))
-    server = fork_server_of(worker)
+    server = listening_fork_server(worker)
     with stack.client() as client:
         canceled_body, timed_body = sleeper(tmp_path), sleeper(tmp_path, timeout=6)
         canceled, timed = submit(client, canceled_body), submit(client, timed_body)
@@ -503,7 +496,7 @@ def test_sigterm_ends_the_worker_its_fork_server_and_their_runs(
 ) -> None:
     stack = start_stack(workers=0)
     worker = stack.add_worker("terminated", JOB_COMPLETION_WAIT="1")
-    server = fork_server_of(worker)
+    server = listening_fork_server(worker)
     with stack.client() as client:
         body = sleeper(tmp_path)
         job = submit(client, body)
@@ -520,7 +513,7 @@ def test_a_fork_server_killed_during_a_run_ends_it_as_error_and_is_started_again
 ) -> None:
     stack = start_stack(workers=0)
     worker = stack.add_worker("orphaned")
-    server = fork_server_of(worker)
+    server = listening_fork_server(worker)
     with stack.client() as client:
         body = sleeper(tmp_path)
         job = submit(client, body)
@@ -535,7 +528,7 @@ def test_a_fork_server_killed_during_a_run_ends_it_as_error_and_is_started_again
         # The next run restarts it; runs start directly until it listens again.
         first = wait_for(client, submit(client, {"playbook": "debug.yml", "inventory": LOCAL1})["id"])
         assert first["status"] == "successful"
-        successor = fork_server_of(worker, not_pid=server.pid)
+        successor = listening_fork_server(worker, not_pid=server.pid)
         again = wait_for(client, submit(client, {"playbook": "debug.yml", "inventory": LOCAL1})["id"])
         assert again["status"] == "successful"
     log = stack.logs / "orphaned.log"
@@ -551,4 +544,4 @@ def test_run_fork_server_false_starts_each_run_directly(start_stack: StackFactor
         done = wait_for(client, submit(client, {"playbook": "debug.yml", "inventory": LOCAL1})["id"])
     assert done["status"] == "successful"
     assert starts(stack.logs / "cold.log", done["id"]) == ["off"]
-    assert [pid for pid in processes_with(b"service.runner.forkserver") if parent_of(pid) == worker.pid] == []
+    assert fork_server_of(worker.pid) is None

@@ -99,17 +99,16 @@ def run_ansible(
     kwargs["event_handler"] = _keep_event(channel)
     kwargs["cancel_callback"] = stop_check
     notes = workspace.private_data_dir / "launch.json"
-    launch: Launch | None = Launch("off") if fork_server is None else None
-    if fork_server is not None:
-        if fork_server.ready():
-            kwargs["binary"] = str(fork_server.launcher)
-            kwargs["envvars"].update(fork_server.launch_environment(notes))
-            # With a `binary`, ansible-runner leaves the playbook out of the command line.
-            kwargs["cmdline"] = " ".join(
-                filter(None, [kwargs.get("cmdline"), shlex.quote(workspace.playbook)])
-            )
-        else:
-            launch = Launch("direct", "the fork server is starting")
+    launch: Launch | None = None  # None: the launcher's notes say
+    if fork_server is None:
+        launch = Launch("off")
+    elif fork_server.ready():
+        kwargs["binary"] = str(fork_server.launcher)
+        kwargs["envvars"].update(fork_server.launch_environment(notes))
+        # With a `binary`, ansible-runner leaves the playbook out of the command line.
+        kwargs["cmdline"] = " ".join(filter(None, [kwargs.get("cmdline"), shlex.quote(workspace.playbook)]))
+    else:
+        launch = Launch("direct", "the fork server is starting")
     try:
         runner = ansible_runner.run(**kwargs)
     finally:

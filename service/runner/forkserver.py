@@ -157,6 +157,7 @@ def preimport() -> ImportRecord:
 
 
 def _copy(value: Any) -> Any:
+    # A copy of the parsed YAML (dicts, lists, scalars) in half of copy.deepcopy's time: once per run.
     if isinstance(value, dict):
         return {key: _copy(item) for key, item in value.items()}
     if isinstance(value, list):
@@ -185,7 +186,6 @@ class Request:
         self.environment: dict[str, str] = {str(k): str(v) for k, v in message["env"].items()}
         self.cwd = str(message["cwd"])
         self.umask = int(message["umask"])
-        self.executable = str(message["executable"])
         self.fds = fds
 
 
@@ -230,10 +230,10 @@ def become_run(request: Request, record: ImportRecord, keep: int, server: int, m
     _note(keep, mode="cold" if reason else "warm", reason=reason)
     os.close(keep)
     if reason:
-        os.execve(request.executable, request.argv, request.environment)  # noqa: S606
+        os.execve(request.argv[0], request.argv, request.environment)  # noqa: S606
     sys.argv = request.argv
     # A script's directory comes first on a fresh interpreter's path; PYTHONPATH is the server's already.
-    sys.path.insert(0, str(Path(request.executable).parent))
+    sys.path.insert(0, str(Path(request.argv[0]).parent))
     # As a fresh interpreter sets its stdout on a terminal: line by line, for the live stream.
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):

@@ -42,7 +42,6 @@ def main() -> None:
                 "env": environment,
                 "cwd": os.getcwd(),  # noqa: PTH109  # pathlib costs the launcher its import
                 "umask": umask,
-                "executable": executable,
             }
         ).encode()
         socket.send_fds(connection, [struct.pack("!I", len(body))], [0, 1, 2])
